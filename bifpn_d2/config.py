@@ -1,0 +1,66 @@
+"""The config keys bifpn_d2 adds to Detectron2's, with their defaults.
+
+Call :func:`add_bifpn_config` on a Detectron2 config before ``merge_from_file``::
+
+    cfg = get_cfg()
+    add_bifpn_config(cfg)
+    cfg.merge_from_file("configs/RetinaNet-R50-BiFPN.yaml")
+
+Every new key has a default that works with Detectron2's own RetinaNet and Faster R-CNN
+configs, so switching neck takes only ``MODEL.BACKBONE.NAME``.
+"""
+from typing import Any, Iterable
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_bifpn_config", "check_choice", "check_positive"]
+
+
+def add_bifpn_config(cfg: CN) -> CN:
+    """Add the ``MODEL.BIFPN``, ``MODEL.EFFICIENTNET`` and extra ``MODEL.FPN`` keys in place
+    (and return ``cfg``). Calling it twice is harmless."""
+    # --- MODEL.FPN: Detectron2's keys keep their meaning; these extend them.
+    # FUSE_TYPE (Detectron2: "sum" | "avg") also accepts "weighted", "softmax" and
+    # "fast_normalized" with our FPN builders.
+    cfg.MODEL.FPN.TOP_BLOCK = ""  # "" = maxpool for R-CNN builders, p6p7_c5 for RetinaNet
+    # ones; or "maxpool" | "p6p7_c5" | "p6p7_p5" | "efficientdet"
+    cfg.MODEL.FPN.FUSION_EPS = 1e-4  # epsilon of fast normalized fusion
+
+    # --- MODEL.BIFPN: the BiFPN neck. It reads its inputs from MODEL.FPN.IN_FEATURES.
+    cfg.MODEL.BIFPN = CN()
+    cfg.MODEL.BIFPN.OUT_CHANNELS = 160  # width W (EfficientDet: 64 * 1.35**phi, D3 = 160)
+    cfg.MODEL.BIFPN.NUM_CELLS = 6  # depth D, repeated cells (EfficientDet: 3 + phi)
+    cfg.MODEL.BIFPN.MAX_LEVEL = 0  # coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet
+    cfg.MODEL.BIFPN.GRAPH = "bifpn"  # "bifpn" | "panet"
+    cfg.MODEL.BIFPN.FUSION = "fast_normalized"  # | "softmax" | "weighted" | "sum" | "avg"
+    cfg.MODEL.BIFPN.FUSION_EPS = 1e-4
+    cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "none"
+    cfg.MODEL.BIFPN.SEPARABLE_CONV = True  # depthwise-separable 3x3 (False: dense 3x3)
+    cfg.MODEL.BIFPN.NORM = "BN"  # "BN" | "SyncBN" | "NaiveSyncBN" | "GN" | "FrozenBN" | ""
+    cfg.MODEL.BIFPN.NORM_EPS = 1e-3  # EfficientDet's BN: eps 1e-3, momentum 0.01
+    cfg.MODEL.BIFPN.NORM_MOMENTUM = 0.01
+    cfg.MODEL.BIFPN.SAME_PADDING = False  # TF "SAME" max-pool padding, for tf_ checkpoints
+    cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = False  # redundant conv biases of TF EfficientDet
+
+    # --- MODEL.EFFICIENTNET: the timm EfficientNet bottom-up network. Its outputs are
+    # named c1..c5 (stride 2..32); point MODEL.FPN.IN_FEATURES at them, e.g. [c3, c4, c5].
+    # MODEL.BACKBONE.FREEZE_AT applies: 0 trains all, k freezes blocks up to stride 2**k.
+    cfg.MODEL.EFFICIENTNET = CN()
+    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet_b0"  # efficientnet_b0..b7, tf_efficientnet_b0..b7
+    cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # local ImageNet weight file; "" = random init
+    cfg.MODEL.EFFICIENTNET.NORM = "BN"  # "BN" | "FrozenBN" | "SyncBN"
+    cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0  # stochastic depth (EfficientDet: 0.2)
+    return cfg
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Raise ``ValueError`` naming the config ``key`` if ``value`` is not ``allowed``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not valid; allowed values: {allowed}")
+
+
+def check_positive(key: str, value: int) -> None:
+    """Raise ``ValueError`` naming the config ``key`` unless ``value`` is an integer >= 1."""
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r} is not valid; it must be an integer >= 1")

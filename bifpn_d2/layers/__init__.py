@@ -1,0 +1,19 @@
+"""Building blocks shared by the FPN and BiFPN necks."""
+from .conv import SeparableConvNorm
+from .fusion import FUSION_METHODS, WeightedFusion
+from .norm import ACTIVATIONS, NORMS, make_activation, make_norm
+from .resample import MaxPoolDown, ResampleToLevel
+from .same_padding import pad_same
+
+__all__ = [
+    "ACTIVATIONS",
+    "FUSION_METHODS",
+    "NORMS",
+    "MaxPoolDown",
+    "ResampleToLevel",
+    "SeparableConvNorm",
+    "WeightedFusion",
+    "make_activation",
+    "make_norm",
+    "pad_same",
+]

@@ -1,0 +1,86 @@
+"""Weighted fusion of same-shaped feature maps (the "+" nodes of FPN and BiFPN).
+
+Variants (EfficientDet, Tan et al. 2020, section 3.3), for inputs ``I_i`` and one
+learnable scalar ``w_i`` per input edge, initialised to 1:
+
+==================  ===============================================  ==============
+``method``          output                                           learnable
+==================  ===============================================  ==============
+``sum``             ``sum_i I_i``  (Detectron2 FPN, EfficientDet D6/D7)  no
+``avg``             ``sum_i I_i / n``                                    no
+``weighted``        ``sum_i w_i * I_i``  (unbounded fusion)              yes
+``softmax``         ``sum_i softmax(w)_i * I_i``                         yes
+``fast_normalized`` ``sum_i relu(w_i) / (eps + sum_j relu(w_j)) * I_i``  yes
+==================  ===============================================  ==============
+
+Inputs are accumulated one by one (``addcmul``), never stacked into an ``(n, N, C, H, W)``
+tensor first, and the weights are normalised out of place so autograd stays valid.
+"""
+from typing import List
+
+import torch
+from torch import nn
+
+__all__ = ["FUSION_METHODS", "WeightedFusion"]
+
+FUSION_METHODS = ("sum", "avg", "weighted", "softmax", "fast_normalized")
+
+
+class WeightedFusion(nn.Module):
+    """Fuse ``num_inputs`` tensors of identical shape ``(N, C, H, W)`` into one."""
+
+    def __init__(self, num_inputs: int, method: str = "fast_normalized", eps: float = 1e-4):
+        """
+        Args:
+            num_inputs: number of input edges (>= 1).
+            method: one of :data:`FUSION_METHODS`.
+            eps: the epsilon of fast normalized fusion (1e-4 in the paper).
+        """
+        super().__init__()
+        if method not in FUSION_METHODS:
+            raise ValueError(f"fusion method {method!r} is not one of {list(FUSION_METHODS)}")
+        if num_inputs < 1:
+            raise ValueError(f"a fusion needs at least one input, got num_inputs={num_inputs}")
+        self.num_inputs = num_inputs
+        self.method = method
+        self.eps = eps
+        if method in ("weighted", "softmax", "fast_normalized"):
+            self.weight = nn.Parameter(torch.ones(num_inputs))
+        else:
+            self.register_parameter("weight", None)
+
+    def normalized_weights(self) -> torch.Tensor:
+        """The per-input factors actually applied, shape ``(num_inputs,)``."""
+        if self.weight is None:
+            value = 1.0 / self.num_inputs if self.method == "avg" else 1.0
+            return torch.full((self.num_inputs,), value)
+        if self.method == "softmax":
+            return torch.softmax(self.weight, dim=0)
+        if self.method == "fast_normalized":
+            w = torch.relu(self.weight)
+            return w / (w.sum() + self.eps)
+        return self.weight
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """
+        Args:
+            inputs: ``num_inputs`` tensors of shape ``(N, C, H, W)``.
+        Returns:
+            one tensor of shape ``(N, C, H, W)``.
+        """
+        if self.weight is None:
+            out = inputs[0]
+            for x in inputs[1:]:
+                out = out + x
+            if self.method == "avg":
+                out = out / self.num_inputs
+            return out
+        # Cast so that fp16/bf16 features under autocast are not promoted to fp32.
+        weights = self.normalized_weights().to(inputs[0].dtype)
+        out = inputs[0] * weights[0]
+        for i in range(1, len(inputs)):
+            out = torch.addcmul(out, inputs[i], weights[i])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"num_inputs={self.num_inputs}, method={self.method}"

@@ -1,0 +1,25 @@
+"""Backbones: bottom-up networks, pyramid necks and their registered builders."""
+from .bifpn import BiFPN
+from .builders import *  # noqa: F401,F403  (registers the builders)
+from .builders import __all__ as _builders
+from .efficientnet import EfficientNetBackbone
+from .fpn import WeightedFPN
+from .pyramid_cell import FusionNode, PyramidCell
+from .pyramid_graph import GRAPHS, PyramidNode, bifpn_nodes, build_graph, panet_nodes
+from .top_blocks import ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
+
+__all__ = [
+    "BiFPN",
+    "ConvP6P7TopBlock",
+    "EfficientDetTopBlock",
+    "EfficientNetBackbone",
+    "FusionNode",
+    "GRAPHS",
+    "MaxPoolTopBlock",
+    "PyramidCell",
+    "PyramidNode",
+    "WeightedFPN",
+    "bifpn_nodes",
+    "build_graph",
+    "panet_nodes",
+] + list(_builders)

@@ -1,0 +1,161 @@
+"""BiFPN (EfficientDet, Tan et al. 2020) as a Detectron2 backbone.
+
+A feature map travels: bottom-up network -> selected levels ``in_features`` -> top block
+(the extra levels above them) -> ``num_cells`` repeated pyramid cells -> ``p{level}``
+outputs. The cell is a node spec from :mod:`pyramid_graph` (BiFPN or PANet), so any
+contiguous range of levels works.
+"""
+import math
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.modeling.backbone import Backbone
+from torch import nn
+
+from .pyramid_cell import PyramidCell
+from .pyramid_graph import build_graph
+from .top_blocks import EfficientDetTopBlock
+
+__all__ = ["BiFPN", "pyramid_levels"]
+
+
+def pyramid_levels(bottom_up: Backbone, in_features: List[str]) -> List[int]:
+    """The level (log2 stride) of each of ``in_features``; checks that they exist and
+    are successive powers of two, lowest first."""
+    shapes = bottom_up.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing or not in_features:
+        raise ValueError(
+            f"{missing or 'no features'} not produced by the bottom-up network, which "
+            f"produces {list(shapes)}"
+        )
+    strides = [shapes[f].stride for f in in_features]
+    levels = [int(round(math.log2(s))) for s in strides]
+    if any(2**level != s for level, s in zip(levels, strides)) or any(
+        b != a + 1 for a, b in zip(levels, levels[1:])
+    ):
+        raise ValueError(
+            f"strides {strides}: the features must be at successive "
+            "powers of two in increasing order (e.g. 8, 16, 32)"
+        )
+    return levels
+
+
+class BiFPN(Backbone):
+    """Bottom-up network + top block + repeated BiFPN (or PANet) cells.
+
+    Output ``p{l}`` for ``l`` in ``min_level..max_level`` has shape
+    ``(N, out_channels, ceil(H / 2**l), ceil(W / 2**l))`` for an ``(N, 3, H, W)`` input of
+    any size.
+    """
+
+    def __init__(
+        self,
+        bottom_up: Backbone,
+        in_features: List[str],
+        out_channels: int,
+        num_cells: int,
+        max_level: int,
+        graph: str = "bifpn",
+        fusion: str = "fast_normalized",
+        fusion_eps: float = 1e-4,
+        activation: str = "swish",
+        separable_conv: bool = True,
+        norm: str = "BN",
+        norm_eps: float = 1e-3,
+        norm_momentum: float = 0.01,
+        same_padding: bool = False,
+        bias_before_norm: bool = False,
+    ):
+        """
+        Args:
+            bottom_up: a Detectron2 backbone (ResNet, :class:`EfficientNetBackbone`, ...).
+            in_features: its outputs that feed the pyramid, finest first, at successive
+                strides (e.g. ``["res3", "res4", "res5"]``).
+            out_channels: width W of every pyramid level.
+            num_cells: how many times the cell is repeated (depth D).
+            max_level: the coarsest output level; levels above the last input are made by
+                an :class:`EfficientDetTopBlock` from it.
+            graph: ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
+            fusion, fusion_eps, activation, separable_conv, norm, norm_eps, norm_momentum,
+                same_padding, bias_before_norm: see :class:`PyramidCell`.
+        """
+        super().__init__()
+        if out_channels < 1 or num_cells < 1:
+            raise ValueError(f"out_channels={out_channels} and num_cells={num_cells} must be >= 1")
+        levels = pyramid_levels(bottom_up, in_features)
+        min_level, last_input_level = levels[0], levels[-1]
+        if max_level < last_input_level:
+            raise ValueError(f"max_level={max_level} is below the last input level {last_input_level}")
+        if max_level - min_level + 1 < 3:
+            raise ValueError(f"BiFPN needs at least 3 levels, got P{min_level}-P{max_level}")
+        self.bottom_up = bottom_up
+        self.in_features = list(in_features)
+        in_shapes = bottom_up.output_shape()
+        in_channels = [in_shapes[f].channels for f in in_features]
+
+        norm_args = dict(norm=norm, norm_eps=norm_eps, norm_momentum=norm_momentum,
+                         same_padding=same_padding, bias_before_norm=bias_before_norm)
+        self.top_block: Optional[EfficientDetTopBlock] = None
+        num_extra = max_level - last_input_level
+        if num_extra > 0:
+            self.top_block = EfficientDetTopBlock(
+                in_channels[-1], out_channels, num_extra, in_features[-1], **norm_args
+            )
+            in_channels += [out_channels] * num_extra
+
+        nodes = build_graph(graph, min_level, max_level)
+        self.cells = nn.ModuleList()
+        for _ in range(num_cells):
+            self.cells.append(
+                PyramidCell(nodes, min_level, in_channels, out_channels, fusion, fusion_eps,
+                            activation, separable_conv, **norm_args)
+            )
+            in_channels = [out_channels] * len(in_channels)
+        self._init_weights()
+
+        self.min_level, self.max_level = min_level, max_level
+        self._out_features = [f"p{level}" for level in range(min_level, max_level + 1)]
+        self._out_feature_channels = {name: out_channels for name in self._out_features}
+        self._out_feature_strides = {
+            f"p{level}": 2**level for level in range(min_level, max_level + 1)
+        }
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform convs with zero bias (as EfficientDet); norms and fusion weights
+        keep their 1/0 and 1 initialisation."""
+        for module in [self.top_block, self.cells]:
+            if module is None:
+                continue
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+    @property
+    def size_divisibility(self) -> int:
+        """0: every level is resized to its exact size, so no padding is needed."""
+        return 0
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": 0}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: ``(N, 3, H, W)`` images.
+        Returns:
+            ``{"p3": (N, W, H/8, W/8), ...}``, one map per output level.
+        """
+        bottom_up_features = self.bottom_up(x)
+        features: List[torch.Tensor] = [bottom_up_features[name] for name in self.in_features]
+        if self.top_block is not None:
+            features = features + self.top_block(features[-1])
+        for cell in self.cells:
+            features = cell(features)
+        outputs: Dict[str, torch.Tensor] = {}
+        for name, feature in zip(self._out_features, features):
+            outputs[name] = feature
+        return outputs

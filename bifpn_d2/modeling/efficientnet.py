@@ -1,0 +1,99 @@
+"""timm's EfficientNet (B0-B7 and the TF-ported ``tf_`` variants) as a Detectron2 backbone.
+
+Outputs, channels and strides come from timm's ``feature_info`` metadata, never from
+hard-coded tables: output ``c{l}`` is the last block at stride ``2**l`` (``c1``..``c5``,
+the "C" maps of the FPN paper).
+"""
+from typing import Dict, List, Optional, Sequence
+
+import timm
+import torch
+from detectron2.modeling.backbone import Backbone
+from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
+from torch import nn
+
+from ..checkpoint import load_backbone_weights
+
+__all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "EfficientNetBackbone"]
+
+EFFICIENTNET_NAMES = tuple(f"{prefix}efficientnet_b{i}" for prefix in ("", "tf_") for i in range(8))
+EFFICIENTNET_NORMS = ("BN", "FrozenBN", "SyncBN")
+
+
+class EfficientNetBackbone(Backbone):
+    """``(N, 3, H, W) -> {"c1": (N, C1, H/2, W/2), ..., "c5": (N, C5, H/32, W/32)}``
+    (sizes rounded up), restricted to ``out_features``."""
+
+    def __init__(
+        self,
+        model_name: str = "efficientnet_b0",
+        out_features: Optional[Sequence[str]] = None,
+        freeze_at: int = 0,
+        norm: str = "BN",
+        drop_path_rate: float = 0.0,
+        weights: str = "",
+    ):
+        """
+        Args:
+            model_name: one of :data:`EFFICIENTNET_NAMES` (timm model names).
+            out_features: which of ``c1``..``c5`` to return (default: all).
+            freeze_at: 0 trains everything; ``k >= 1`` freezes the stem and every block
+                whose output stride is at most ``2**k`` (Detectron2's ``FREEZE_AT``: 2
+                freezes up to ``c2``), turning their norms into frozen ones.
+            norm: ``BN``, ``FrozenBN`` (all norms frozen) or ``SyncBN``.
+            drop_path_rate: stochastic depth rate (EfficientDet trains with 0.2).
+            weights: local file with ImageNet weights (a timm/torchvision-style state dict,
+                classifier keys are ignored); "" keeps the random init. Nothing is
+                downloaded.
+        """
+        super().__init__()
+        if model_name not in EFFICIENTNET_NAMES:
+            raise ValueError(f"model_name {model_name!r} is not one of {list(EFFICIENTNET_NAMES)}")
+        if norm not in EFFICIENTNET_NORMS:
+            raise ValueError(f"norm {norm!r} is not one of {list(EFFICIENTNET_NORMS)}")
+        body = timm.create_model(
+            model_name, pretrained=False, features_only=True, drop_path_rate=drop_path_rate
+        )
+        if weights:
+            load_backbone_weights(body, weights)
+        info = body.feature_info.get_dicts()
+        names = [f"c{int(d['reduction']).bit_length() - 1}" for d in info]
+        out_features = list(out_features) if out_features is not None else names
+        unknown = [f for f in out_features if f not in names]
+        if unknown:
+            raise ValueError(f"out_features {unknown} are not among the outputs {names} of {model_name}")
+        if freeze_at < 0 or freeze_at > len(names):
+            raise ValueError(f"freeze_at={freeze_at} must be within 0..{len(names)}")
+
+        if norm == "FrozenBN":
+            body = freeze_batch_norm_2d(body)
+        elif norm == "SyncBN":
+            body = convert_sync_batchnorm(body)
+        if freeze_at > 0:
+            _freeze_up_to(body, [d["module"] for d, n in zip(info, names) if int(n[1:]) <= freeze_at])
+
+        self.body = body
+        self.model_name = model_name
+        self._feature_names: List[str] = names
+        self._out_features = out_features
+        self._out_feature_channels = {n: d["num_chs"] for n, d in zip(names, info) if n in out_features}
+        self._out_feature_strides = {n: d["reduction"] for n, d in zip(names, info) if n in out_features}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        outputs: Dict[str, torch.Tensor] = {}
+        for name, feature in zip(self._feature_names, self.body(x)):
+            if name in self._out_features:
+                outputs[name] = feature
+        return outputs
+
+
+def _freeze_up_to(body: nn.Module, frozen_modules: List[str]) -> None:
+    """Freeze the stem and every block up to the last of ``frozen_modules`` (``blocks.i``)."""
+    last_block = max(int(name.split(".")[1]) for name in frozen_modules)
+    parts = [body.conv_stem, body.bn1] + [body.blocks[i] for i in range(last_block + 1)]
+    for part in parts:
+        for p in part.parameters():
+            p.requires_grad_(False)
+    body.bn1 = freeze_batch_norm_2d(body.bn1)
+    for i in range(last_block + 1):
+        body.blocks[i] = freeze_batch_norm_2d(body.blocks[i])

@@ -1,0 +1,83 @@
+"""Pyramid cells as data: which nodes exist, at which level, fed by which earlier nodes.
+
+A cell over levels ``min_level..max_level`` (``L`` levels) starts with ``L`` input nodes,
+ids ``0..L-1`` (id ``i`` is level ``min_level + i``). Every :class:`PyramidNode` of the
+spec appends one node, whose id is ``L`` + its index in the spec. A node fuses its inputs
+(after resampling them to its level), then applies activation, 3x3 conv and norm.
+The cell's output at each level is the last node of that level.
+
+For P3-P7 (ids 0..4) the BiFPN spec is the one of EfficientDet::
+
+    top-down:  P6'(3, 4)  P5'(2, 5)  P4'(1, 6)  P3''(0, 7)
+    bottom-up: P4''(1, 7, 8)  P5''(2, 6, 9)  P6''(3, 5, 10)  P7''(4, 11)
+
+Any contiguous range of at least two levels works; the specs are generated, not listed.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+__all__ = ["PyramidNode", "GRAPHS", "bifpn_nodes", "panet_nodes", "build_graph", "output_node_ids"]
+
+
+@dataclass(frozen=True)
+class PyramidNode:
+    """One fused node: its pyramid ``level`` (stride ``2**level``) and input node ids."""
+
+    level: int
+    inputs: Tuple[int, ...]
+
+
+def _top_down(min_level: int, max_level: int) -> Tuple[List[PyramidNode], Dict[int, int]]:
+    """Top-down path: each level below the top fuses its input with the level above."""
+    last = {level: level - min_level for level in range(min_level, max_level + 1)}
+    nodes = []
+    num_inputs = max_level - min_level + 1
+    for level in range(max_level - 1, min_level - 1, -1):
+        nodes.append(PyramidNode(level, (last[level], last[level + 1])))
+        last[level] = num_inputs + len(nodes) - 1
+    return nodes, last
+
+
+def bifpn_nodes(min_level: int, max_level: int) -> List[PyramidNode]:
+    """BiFPN (EfficientDet): top-down, then bottom-up with a same-level skip edge from
+    each input into every bottom-up node that is not the top-down node itself."""
+    nodes, last = _top_down(min_level, max_level)
+    num_inputs = max_level - min_level + 1
+    for level in range(min_level + 1, max_level + 1):
+        skip = (level - min_level,) if last[level] != level - min_level else ()
+        nodes.append(PyramidNode(level, skip + (last[level], last[level - 1])))
+        last[level] = num_inputs + len(nodes) - 1
+    return nodes
+
+
+def panet_nodes(min_level: int, max_level: int) -> List[PyramidNode]:
+    """PANet (Liu et al. 2018): the same top-down path, then a bottom-up path that fuses
+    each level's top-down output with the level below; no same-level skip edges."""
+    nodes, last = _top_down(min_level, max_level)
+    num_inputs = max_level - min_level + 1
+    for level in range(min_level + 1, max_level + 1):
+        nodes.append(PyramidNode(level, (last[level], last[level - 1])))
+        last[level] = num_inputs + len(nodes) - 1
+    return nodes
+
+
+
+GRAPHS = {"bifpn": bifpn_nodes, "panet": panet_nodes}
+
+
+def build_graph(name: str, min_level: int, max_level: int) -> List[PyramidNode]:
+    """The node spec called ``name`` (one of :data:`GRAPHS`) over ``min_level..max_level``."""
+    if name not in GRAPHS:
+        raise ValueError(f"pyramid graph {name!r} is not one of {sorted(GRAPHS)}")
+    if max_level - min_level < 1:
+        raise ValueError(f"a pyramid cell needs at least 2 levels, got P{min_level}-P{max_level}")
+    return GRAPHS[name](min_level, max_level)
+
+
+def output_node_ids(nodes: List[PyramidNode], min_level: int, max_level: int) -> List[int]:
+    """Id of the last node at each level ``min_level..max_level`` (the cell's outputs)."""
+    num_inputs = max_level - min_level + 1
+    last = list(range(num_inputs))
+    for index, node in enumerate(nodes):
+        last[node.level - min_level] = num_inputs + index
+    return last

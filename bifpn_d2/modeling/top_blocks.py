@@ -1,0 +1,108 @@
+"""Top blocks: the extra coarse levels (P6, P7, ...) above the last bottom-up level.
+
+Each block follows Detectron2's protocol: ``in_feature`` names the map it starts from
+(a bottom-up feature such as ``"res5"`` or a pyramid output such as ``"p5"``),
+``num_levels`` is how many levels it adds, and ``forward(x)`` returns them, finest first.
+
+=====================  ==========================================================  =========
+``TOP_BLOCKS`` key     levels                                                      used by
+=====================  ==========================================================  =========
+``maxpool``            P6 = max-pool(P5, kernel 1, stride 2)                       Faster R-CNN
+``p6p7_c5``            P6 = conv3x3/2(C5), P7 = conv3x3/2(relu(P6))                RetinaNet
+``p6p7_p5``            the same from P5                                            FCOS
+``efficientdet``       P6 = max-pool(norm(conv1x1(C5))), P7 = max-pool(P6), ...    EfficientDet
+=====================  ==========================================================  =========
+"""
+from typing import List
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import ResampleToLevel
+
+__all__ = ["TOP_BLOCKS", "MaxPoolTopBlock", "ConvP6P7TopBlock", "EfficientDetTopBlock"]
+
+TOP_BLOCKS = ("maxpool", "p6p7_c5", "p6p7_p5", "efficientdet")
+
+
+class MaxPoolTopBlock(nn.Module):
+    """P6 = subsampled P5 (Faster R-CNN's RPN): ``(N, C, H, W) -> [(N, C, ceil(H/2), ceil(W/2))]``."""
+
+    def __init__(self, in_feature: str = "p5"):
+        super().__init__()
+        self.num_levels = 1
+        self.in_feature = in_feature
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
+
+
+class ConvP6P7TopBlock(nn.Module):
+    """P6 and P7 by strided 3x3 convs (RetinaNet from C5, FCOS from P5).
+
+    Parameter names (``p6``, ``p7``) equal Detectron2's ``LastLevelP6P7``, so its
+    checkpoints load. ``(N, in_channels, H, W) -> [(N, C, H/2, W/2), (N, C, H/4, W/4)]``
+    (sizes rounded up).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5"):
+        super().__init__()
+        self.num_levels = 2
+        self.in_feature = in_feature
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for module in (self.p6, self.p7):
+            weight_init.c2_xavier_fill(module)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        p6 = self.p6(x)
+        p7 = self.p7(F.relu(p6))
+        return [p6, p7]
+
+
+class EfficientDetTopBlock(nn.Module):
+    """EfficientDet's extra levels: a 1x1 conv + norm (only when channels differ) and a
+    3x3 stride-2 max-pool for the first, a max-pool for each further one.
+
+    ``(N, in_channels, H, W) -> [(N, C, ceil(H/2), ceil(W/2)), (N, C, ceil(H/4), ...), ...]``
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_levels: int,
+        in_feature: str,
+        norm: str = "BN",
+        norm_eps: float = 1e-3,
+        norm_momentum: float = 0.01,
+        same_padding: bool = False,
+        bias_before_norm: bool = False,
+    ):
+        super().__init__()
+        if num_levels < 1:
+            raise ValueError(f"EfficientDetTopBlock needs num_levels >= 1, got {num_levels}")
+        self.num_levels = num_levels
+        self.in_feature = in_feature
+        self.downsample = nn.ModuleList(
+            ResampleToLevel(
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                1,
+                norm,
+                norm_eps,
+                norm_momentum,
+                same_padding,
+                bias_before_norm,
+            )
+            for i in range(num_levels)
+        )
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        outputs: List[torch.Tensor] = []
+        for step in self.downsample:
+            x = step(x, [(x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2])
+            outputs.append(x)
+        return outputs
