@@ -1,0 +1,73 @@
+"""Every registered builder builds, runs forward and backward at odd sizes, and reports
+correct names, strides and channels."""
+import math
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+
+from conftest import BUILDER_NAMES, small_cfg
+
+
+@pytest.mark.parametrize("name", BUILDER_NAMES)
+def test_builder_shapes_and_gradients(name):
+    torch.manual_seed(0)
+    cfg = small_cfg(name)
+    backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=3))
+    levels = range(3, 8) if "retinanet" in name else range(2, 7)
+    expected = [f"p{level}" for level in levels]
+    shapes = backbone.output_shape()
+    assert list(shapes) == expected
+    assert all(shapes[f"p{level}"].stride == 2**level for level in levels)
+    channels = cfg.MODEL.BIFPN.OUT_CHANNELS if "bifpn" in name else cfg.MODEL.FPN.OUT_CHANNELS
+    assert all(s.channels == channels for s in shapes.values())
+    assert backbone.size_divisibility == 0
+
+    for batch, height, width in [(2, 200, 249), (1, 333, 517)]:
+        backbone.zero_grad()
+        outputs = backbone(torch.randn(batch, 3, height, width))
+        assert list(outputs) == expected
+        for level in levels:
+            stride = 2**level
+            assert outputs[f"p{level}"].shape == (batch, channels, math.ceil(height / stride), math.ceil(width / stride))
+        sum(o.square().mean() for o in outputs.values()).backward()
+        without_grad = [n for n, p in backbone.named_parameters() if p.requires_grad and p.grad is None]
+        assert not without_grad, f"parameters without gradient: {without_grad}"
+
+
+def test_efficientnet_backbone_outputs():
+    cfg = small_cfg("build_efficientnet_bifpn_backbone")
+    backbone = BACKBONE_REGISTRY.get("build_efficientnet_backbone")(cfg, ShapeSpec(channels=3))
+    shapes = backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        "c1": (16, 2), "c2": (24, 4), "c3": (40, 8), "c4": (112, 16), "c5": (320, 32)
+    }
+    outputs = backbone(torch.randn(1, 3, 97, 131))
+    assert outputs["c5"].shape == (1, 320, 4, 5)
+
+
+@pytest.mark.parametrize("freeze_at, frozen_prefixes", [(0, []), (2, ["conv_stem", "bn1", "blocks.0", "blocks.1"])])
+def test_efficientnet_freeze_at(freeze_at, frozen_prefixes):
+    cfg = small_cfg("build_efficientnet_bifpn_backbone")
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    backbone = BACKBONE_REGISTRY.get("build_efficientnet_backbone")(cfg, ShapeSpec(channels=3))
+    frozen = {n for n, p in backbone.body.named_parameters() if not p.requires_grad}
+    expected = {n for n, _ in backbone.body.named_parameters() if n.startswith(tuple(frozen_prefixes))}
+    assert frozen == expected
+    if freeze_at:
+        assert "FrozenBatchNorm" in type(backbone.body.bn1).__name__
+        assert "FrozenBatchNorm" not in type(backbone.body.blocks[2][0].bn1).__name__
+
+
+@pytest.mark.parametrize("graph", ["bifpn", "panet"])
+@pytest.mark.parametrize("max_level", [5, 8])
+def test_bifpn_level_ranges(graph, max_level):
+    """Any contiguous range of >= 3 levels within P2-P8, for both graphs."""
+    cfg = small_cfg("build_resnet_bifpn_backbone")
+    cfg.MODEL.BIFPN.GRAPH = graph
+    cfg.MODEL.BIFPN.MAX_LEVEL = max_level
+    backbone = BACKBONE_REGISTRY.get("build_resnet_bifpn_backbone")(cfg, ShapeSpec(channels=3))
+    outputs = backbone(torch.randn(2, 3, 130, 70))
+    assert list(outputs) == [f"p{level}" for level in range(2, max_level + 1)]
+    assert outputs[f"p{max_level}"].shape[-2:] == (math.ceil(130 / 2**max_level), math.ceil(70 / 2**max_level))

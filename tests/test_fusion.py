@@ -1,0 +1,63 @@
+"""Weighted fusion against hand computation, and the published implementation mistakes."""
+import pytest
+import torch
+
+from bifpn_d2.layers import FUSION_METHODS, WeightedFusion
+
+
+def _inputs():
+    torch.manual_seed(0)
+    return [torch.randn(2, 3, 5, 7) for _ in range(3)]
+
+
+def test_learnable_weights_start_at_one():
+    for method in ("weighted", "softmax", "fast_normalized"):
+        fusion = WeightedFusion(3, method)
+        assert torch.equal(fusion.weight.detach(), torch.ones(3))
+    assert WeightedFusion(3, "sum").weight is None
+
+
+@pytest.mark.parametrize("method", FUSION_METHODS)
+def test_fusion_matches_hand_computation(method):
+    a, b, c = _inputs()
+    fusion = WeightedFusion(3, method, eps=1e-4)
+    if fusion.weight is not None:
+        with torch.no_grad():
+            fusion.weight.copy_(torch.tensor([2.0, -1.0, 0.5]))
+    w0, w1, w2 = 2.0, -1.0, 0.5
+    if method == "sum":
+        expected = a + b + c
+    elif method == "avg":
+        expected = (a + b + c) / 3
+    elif method == "weighted":
+        expected = w0 * a + w1 * b + w2 * c
+    elif method == "softmax":
+        e = [torch.exp(torch.tensor(w)) for w in (w0, w1, w2)]
+        total = e[0] + e[1] + e[2]
+        expected = e[0] / total * a + e[1] / total * b + e[2] / total * c
+    else:  # fast normalized: relu, then divide by eps + sum
+        denominator = 1e-4 + 2.0 + 0.0 + 0.5
+        expected = 2.0 / denominator * a + 0.0 * b + 0.5 / denominator * c
+    torch.testing.assert_close(fusion([a, b, c]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["weighted", "softmax", "fast_normalized"])
+def test_fusion_backward_reaches_weights_and_inputs(method):
+    """No in-place normalisation: autograd works and every input gets a gradient."""
+    inputs = [x.requires_grad_() for x in _inputs()]
+    fusion = WeightedFusion(3, method)
+    fusion(inputs).square().sum().backward()
+    assert fusion.weight.grad is not None and torch.isfinite(fusion.weight.grad).all()
+    assert all(x.grad is not None for x in inputs)
+    assert torch.equal(fusion.weight.detach(), torch.ones(3)), "backward must not modify the weights"
+
+
+def test_fast_normalized_weights_sum_to_one():
+    fusion = WeightedFusion(4, "fast_normalized", eps=1e-4)
+    weights = fusion.normalized_weights()
+    assert torch.allclose(weights, torch.full((4,), 1 / (4 + 1e-4)))
+
+
+def test_invalid_method_names_allowed_values():
+    with pytest.raises(ValueError, match="fast_normalized"):
+        WeightedFusion(2, "attention")
