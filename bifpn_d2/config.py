@@ -9,7 +9,8 @@ Call :func:`add_bifpn_config` on a Detectron2 config before ``merge_from_file``:
 Every new key has a default that works with Detectron2's own RetinaNet and Faster R-CNN
 configs, so switching neck takes only ``MODEL.BACKBONE.NAME``.
 """
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from detectron2.config import CfgNode as CN
 

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
+from conftest import BUILDER_NAMES, small_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-
-from conftest import BUILDER_NAMES, small_cfg
 
 
 @pytest.mark.parametrize("name", BUILDER_NAMES)

@@ -2,6 +2,7 @@
 Detectron2's own FPN, and effdet's (rwightman's EfficientDet) BiFPN neck."""
 import pytest
 import torch
+from conftest import small_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
 
@@ -11,7 +12,6 @@ from bifpn_d2.modeling.builders import (
     build_resnet_weighted_fpn_backbone,
     build_retinanet_resnet_weighted_fpn_backbone,
 )
-from conftest import small_cfg
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,13 @@
 """The cell specs are the published graphs, for any number of levels."""
 import pytest
 
-from bifpn_d2.modeling.pyramid_graph import PyramidNode, bifpn_nodes, build_graph, output_node_ids, panet_nodes
+from bifpn_d2.modeling.pyramid_graph import (
+    PyramidNode,
+    bifpn_nodes,
+    build_graph,
+    output_node_ids,
+    panet_nodes,
+)
 
 
 def test_bifpn_p3_p7_equals_efficientdet():

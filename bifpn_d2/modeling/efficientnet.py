@@ -4,7 +4,8 @@ Outputs, channels and strides come from timm's ``feature_info`` metadata, never 
 hard-coded tables: output ``c{l}`` is the last block at stride ``2**l`` (``c1``..``c5``,
 the "C" maps of the FPN paper).
 """
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Dict, List, Optional
 
 import timm
 import torch

@@ -1,5 +1,6 @@
 """Run one pyramid cell (a :mod:`pyramid_graph` spec) over a list of feature maps."""
-from typing import List, Sequence
+from collections.abc import Sequence
+from typing import List
 
 import torch
 from torch import nn
