@@ -1,0 +1,80 @@
+"""Every BiFPN option builds and trains at an odd input size, over a toy bottom-up."""
+import pytest
+import timm
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import Backbone
+from torch import nn
+
+from bifpn_d2 import BiFPN, EfficientNetBackbone
+from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS
+
+
+class ToyBottomUp(Backbone):
+    """Three levels at strides 8, 16, 32 with 8, 12, 24 channels: cheap stand-in for a
+    ResNet, ``(N, 3, H, W) -> {"c3": (N, 8, H/8, W/8), ...}`` (sizes rounded up)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=8, padding=1)
+        self.down4 = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.down5 = nn.Conv2d(12, 24, 3, stride=2, padding=1)
+        self._out_features = ["c3", "c4", "c5"]
+        self._out_feature_channels = {"c3": 8, "c4": 12, "c5": 24}
+        self._out_feature_strides = {"c3": 8, "c4": 16, "c5": 32}
+
+    def forward(self, x):
+        c3 = self.stem(x)
+        c4 = self.down4(c3)
+        return {"c3": c3, "c4": c4, "c5": self.down5(c4)}
+
+
+def _train_step(**options):
+    torch.manual_seed(0)
+    model = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], out_channels=16, num_cells=2, max_level=7, **options)
+    outputs = model(torch.randn(2, 3, 201, 149))
+    assert [tuple(o.shape[-2:]) for o in outputs.values()] == [(26, 19), (13, 10), (7, 5), (4, 3), (2, 2)]
+    sum(o.square().mean() for o in outputs.values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    return model
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_norms(norm):
+    _train_step(norm=norm)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activations(activation):
+    _train_step(activation=activation)
+
+
+@pytest.mark.parametrize("fusion", FUSION_METHODS)
+def test_fusions(fusion):
+    _train_step(fusion=fusion)
+
+
+@pytest.mark.parametrize("graph", ["bifpn", "panet"])
+@pytest.mark.parametrize("separable_conv", [True, False])
+@pytest.mark.parametrize("same_padding", [True, False])
+def test_graphs_and_convs(graph, separable_conv, same_padding):
+    _train_step(graph=graph, separable_conv=separable_conv, same_padding=same_padding)
+
+
+def test_first_cell_projects_each_edge_separately():
+    """A backbone level feeding two nodes gets two 1x1 convs; later cells need none."""
+    model = _train_step()
+    first, second = model.cells
+    projected = [(n, k) for n, node in enumerate(first.nodes) for k, e in enumerate(node.edges) if e.conv is not None]
+    # c4 -> P4 top-down and P4 bottom-up, c5 -> P5 both; c3 -> P3 top-down (P3 has no bottom-up node).
+    assert len(projected) == 5
+    assert all(e.conv is None for node in second.nodes for e in node.edges)
+
+
+def test_efficientnet_weights_load_from_local_file(tmp_path):
+    classifier = timm.create_model("efficientnet_b0", pretrained=False)
+    path = tmp_path / "efficientnet_b0_imagenet.pth"
+    torch.save(classifier.state_dict(), path)
+    backbone = EfficientNetBackbone("efficientnet_b0", weights=str(path))
+    torch.testing.assert_close(backbone.body.conv_stem.weight, classifier.conv_stem.weight)
+    assert backbone.output_shape()["c5"] == ShapeSpec(channels=320, stride=32)
