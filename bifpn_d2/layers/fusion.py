@@ -50,16 +50,22 @@ class WeightedFusion(nn.Module):
             self.register_parameter("weight", None)
 
     def normalized_weights(self) -> torch.Tensor:
-        """The per-input factors actually applied, shape ``(num_inputs,)``."""
+        """The per-input factors actually applied, shape ``(num_inputs,)``, in float32.
+
+        They are normalised in float32 even when the module was cast to fp16/bf16: in
+        fp16 the sum of large weights overflows (> 65504), and in both ``eps`` vanishes
+        next to the sum and the ratios lose digits.
+        """
         if self.weight is None:
             value = 1.0 / self.num_inputs if self.method == "avg" else 1.0
             return torch.full((self.num_inputs,), value)
+        weight = self.weight.float()
         if self.method == "softmax":
-            return torch.softmax(self.weight, dim=0)
+            return torch.softmax(weight, dim=0)
         if self.method == "fast_normalized":
-            w = torch.relu(self.weight)
+            w = torch.relu(weight)
             return w / (w.sum() + self.eps)
-        return self.weight
+        return weight
 
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         """

@@ -3,6 +3,7 @@ from .bifpn import BiFPN
 from .builders import *  # noqa: F401,F403  (registers the builders)
 from .builders import __all__ as _builders
 from .efficientnet import EfficientNetBackbone
+from .fold import FrozenFusion, fold_for_inference
 from .fpn import WeightedFPN
 from .pyramid_cell import FusionNode, PyramidCell
 from .pyramid_graph import GRAPHS, PyramidNode, bifpn_nodes, build_graph, panet_nodes
@@ -13,6 +14,7 @@ __all__ = [
     "ConvP6P7TopBlock",
     "EfficientDetTopBlock",
     "EfficientNetBackbone",
+    "FrozenFusion",
     "FusionNode",
     "GRAPHS",
     "MaxPoolTopBlock",
@@ -21,5 +23,6 @@ __all__ = [
     "WeightedFPN",
     "bifpn_nodes",
     "build_graph",
+    "fold_for_inference",
     "panet_nodes",
 ] + list(_builders)

@@ -151,6 +151,10 @@ class BiFPN(Backbone):
         """
         bottom_up_features = self.bottom_up(x)
         features: List[torch.Tensor] = [bottom_up_features[name] for name in self.in_features]
+        if features[0].device.type == "cpu":
+            # On CPU the depthwise convs, max-pools and resizes of the cells run several
+            # times faster in channels-last layout (oneDNN kernels); same values up to rounding.
+            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         if self.top_block is not None:
             features = features + self.top_block(features[-1])
         for cell in self.cells:

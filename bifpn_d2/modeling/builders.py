@@ -35,6 +35,8 @@ __all__ = [
 
 # Per flavour: number of levels added above the last input, and the FPN top block.
 _FLAVOURS = {"rcnn": (1, "maxpool"), "retinanet": (2, "p6p7_c5")}
+# MODEL.FPN.NORM goes to Detectron2's get_norm (lateral and output convs), which knows these.
+_D2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
 
 
 @BACKBONE_REGISTRY.register()
@@ -115,6 +117,9 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     num_extra, default_top = _FLAVOURS[flavour]
     top_name = fc.TOP_BLOCK or default_top
     check_choice("MODEL.FPN.TOP_BLOCK", top_name, TOP_BLOCKS + ("",))
+    # The efficientdet top block also passes it to our make_norm: only names both know.
+    fpn_norms = [n for n in _D2_NORMS if top_name != "efficientdet" or n in NORMS]
+    check_choice("MODEL.FPN.NORM", fc.NORM, fpn_norms)
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
     last_input = fc.IN_FEATURES[-1]
@@ -127,7 +132,6 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     elif top_name == "p6p7_p5":
         top_block = ConvP6P7TopBlock(fc.OUT_CHANNELS, fc.OUT_CHANNELS, last_output)
     else:
-        check_choice("MODEL.FPN.NORM (with TOP_BLOCK efficientdet)", fc.NORM, NORMS)
         top_block = EfficientDetTopBlock(last_channels, fc.OUT_CHANNELS, num_extra, last_input, fc.NORM)
     return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE, fc.FUSION_EPS)
 

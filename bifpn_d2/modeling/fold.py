@@ -1,0 +1,178 @@
+"""Inference-only simplifications that leave a trained model's outputs unchanged.
+
+:func:`fold_for_inference` returns a copy of a model (a whole detector, a backbone or a
+neck) in which
+
+- every batch norm that follows a convolution is folded into that convolution's weight
+  and bias, so it costs nothing at run time: in :class:`ResampleToLevel` and
+  :class:`SeparableConvNorm` (our necks), Detectron2's ``Conv2d(..., norm=...)`` (ResNet,
+  FPN with a norm), ``nn.Sequential`` containers (a ``Conv2d`` directly followed by a
+  norm, as in heads) and timm's EfficientNet blocks (whose ``BatchNormAct2d`` leaves only
+  its activation behind). Folded: ``BatchNorm2d``, ``SyncBatchNorm``,
+  ``NaiveSyncBatchNorm`` (all with running statistics), ``FrozenBatchNorm2d`` and timm's
+  norm-act variants of them;
+- every learnable :class:`WeightedFusion` of a :class:`FusionNode` or a
+  :class:`WeightedFPN` becomes a :class:`FrozenFusion` holding its normalised weights as
+  Python floats (no ReLU/softmax/division and no tensor indexing per call) that
+  accumulates in place;
+- the activation after such a fusion in a :class:`FusionNode` runs in place on the
+  fused map, which nothing else references.
+
+Outputs equal the original's up to float rounding (about 1e-6 relative). Group norm,
+batch norms without running statistics and norms not preceded by a convolution stay as
+they are. The copy is in eval mode with gradients off; the original is not modified.
+"""
+
+import copy
+from typing import Dict, List, Optional, Set, Tuple
+
+import torch
+from detectron2.layers import Conv2d as D2Conv2d
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
+from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
+from torch import nn
+
+from ..layers import ResampleToLevel, SeparableConvNorm, WeightedFusion
+from .fpn import WeightedFPN
+from .pyramid_cell import FusionNode
+
+__all__ = ["FrozenFusion", "fold_for_inference"]
+
+# Exact types (a subclass may do more than normalise): plain norms, which leave nothing
+# behind, and timm's norm + activation layers, which leave their dropout and activation.
+_PLAIN_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, NaiveSyncBatchNorm, FrozenBatchNorm2d)
+_NORM_ACTS = (BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct)
+
+# timm EfficientNet building blocks: (conv, the norm right after it) attribute pairs.
+_TIMM_CONV_NORMS: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "EfficientNet": (("conv_stem", "bn1"),),
+    "EfficientNetFeatures": (("conv_stem", "bn1"),),
+    "ConvBnAct": (("conv", "bn1"),),
+    "DepthwiseSeparableConv": (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    "EdgeResidual": (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+}
+
+
+class FrozenFusion(nn.Module):
+    """``sum_i weights[i] * inputs[i]`` with constant weights: an inference-time stand-in
+    for a :class:`WeightedFusion` whose normalised weights have been read out.
+
+    The output is always a new tensor (never one of the inputs), so the caller may
+    modify it in place.
+    """
+
+    weights: List[float]
+
+    def __init__(self, weights: List[float]):
+        """
+        Args:
+            weights: the factor of each input, e.g. ``fusion.normalized_weights().tolist()``.
+        """
+        super().__init__()
+        if not weights:
+            raise ValueError("FrozenFusion needs at least one weight")
+        self.weights = list(weights)
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """``inputs``: ``len(weights)`` tensors of shape ``(N, C, H, W)``."""
+        out = torch.mul(inputs[0], self.weights[0])
+        for i in range(1, len(inputs)):
+            out.add_(inputs[i], alpha=self.weights[i])
+        return out
+
+    def extra_repr(self) -> str:
+        return "weights=[" + ", ".join(f"{w:.4f}" for w in self.weights) + "]"
+
+
+def _norm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(scale, shift)`` with ``normalise(x) == x * scale + shift`` per channel in eval
+    mode, or None when ``norm`` is not a batch norm with running statistics."""
+    if type(norm) not in _PLAIN_NORMS + _NORM_ACTS or norm.running_var is None:
+        return None
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
+    scale = weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, bias - norm.running_mean * scale
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Module, norm: nn.Module, done: Set[int]) -> bool:
+    """Fold ``norm`` into the ``nn.Conv2d`` ``conv`` in place; False (and nothing changed)
+    if either cannot take part, or if ``conv`` (a module shared by several parents) is in
+    ``done``, the ids of the convs folded so far, to which it is added."""
+    affine = _norm_affine(norm) if isinstance(conv, nn.Conv2d) and id(conv) not in done else None
+    if affine is None:
+        return False
+    done.add(id(conv))
+    scale, shift = affine
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bias * scale + shift)
+    return True
+
+
+def _is_plain_conv(module: nn.Module) -> bool:
+    """Whether ``module``'s output is its convolution's, with nothing applied after it."""
+    if isinstance(module, D2Conv2d):
+        return module.norm is None and module.activation is None
+    return type(module) is nn.Conv2d
+
+
+def _after_norm(norm_act: nn.Module) -> nn.Module:
+    """What a timm norm-act layer does after normalising: dropout (identity in eval),
+    then its activation."""
+    rest = [m for m in (getattr(norm_act, "drop", None), getattr(norm_act, "act", None)) if m is not None]
+    rest = [m for m in rest if not isinstance(m, nn.Identity)]
+    if not rest:
+        return nn.Identity()
+    return rest[0] if len(rest) == 1 else nn.Sequential(*rest)
+
+
+def _freeze_fusion(fusion: nn.Module) -> nn.Module:
+    """A :class:`FrozenFusion` for a learnable :class:`WeightedFusion`, else ``fusion``."""
+    if isinstance(fusion, WeightedFusion) and fusion.weight is not None:
+        return FrozenFusion(fusion.normalized_weights().detach().tolist())
+    return fusion
+
+
+def fold_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with norms folded into convs and fusion weights
+    frozen (see the module docstring); ``model`` itself is left untouched.
+
+    Example::
+
+        fast = fold_for_inference(model)
+        with torch.no_grad():
+            outputs = fast(images)  # equal to model.eval()(images) up to ~1e-6
+    """
+    folded = copy.deepcopy(model).eval()
+    done: Set[int] = set()
+    for module in list(folded.modules()):
+        if isinstance(module, (ResampleToLevel, SeparableConvNorm, D2Conv2d)):
+            if module.norm is not None and type(module.norm) in _PLAIN_NORMS:
+                conv = module if isinstance(module, D2Conv2d) else module.conv
+                if conv is not None and _fold_into(conv, module.norm, done):
+                    module.norm = None
+        if isinstance(module, nn.Sequential):
+            for index in range(len(module) - 1):
+                conv, norm = module[index], module[index + 1]
+                if _is_plain_conv(conv) and type(norm) in _PLAIN_NORMS and _fold_into(conv, norm, done):
+                    module[index + 1] = nn.Identity()
+        for conv_name, norm_name in _TIMM_CONV_NORMS.get(type(module).__name__, ()):
+            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+            if conv is not None and norm is not None and _fold_into(conv, norm, done):
+                setattr(module, norm_name, _after_norm(norm) if type(norm) in _NORM_ACTS else nn.Identity())
+        if isinstance(module, FusionNode):
+            module.fusion = _freeze_fusion(module.fusion)
+            if isinstance(module.fusion, FrozenFusion) and isinstance(module.act, (nn.SiLU, nn.ReLU)):
+                module.act.inplace = True
+        elif isinstance(module, WeightedFPN):
+            # The fusions are both named children (fpn_fusion<level>) and list entries.
+            frozen = {id(f): _freeze_fusion(f) for f in module.fusions}
+            for name, child in list(module.named_children()):
+                if id(child) in frozen:
+                    setattr(module, name, frozen[id(child)])
+            module.fusions = [frozen[id(f)] for f in module.fusions]
+    folded.requires_grad_(False)
+    return folded

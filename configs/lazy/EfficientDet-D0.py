@@ -1,0 +1,36 @@
+"""EfficientDet-D0 as a Detectron2 RetinaNet: EfficientNet-B0 (c3-c5) -> BiFPN (64 channels,
+3 cells, P3-P7) -> 3-conv head at 512 px; the LazyConfig twin of
+``configs/EfficientDet/EfficientDet-D0.yaml`` (see its base for where Detectron2's RetinaNet
+differs from EfficientDet)."""
+
+from detectron2.config import LazyCall as L
+
+from bifpn_d2 import BiFPN, EfficientNetBackbone
+
+from .common import coco_dataloader, retinanet, schedule_1x, sgd, train_options
+
+model = retinanet(
+    backbone=L(BiFPN)(
+        bottom_up=L(EfficientNetBackbone)(
+            model_name="efficientnet_b0",
+            out_features=["c3", "c4", "c5"],
+            norm="SyncBN",
+            drop_path_rate=0.2,
+        ),
+        in_features="${.bottom_up.out_features}",
+        out_channels=64,
+        num_cells=3,
+        max_level=7,
+        fusion="fast_normalized",
+        norm="SyncBN",
+    ),
+    num_convs=3,
+    head_norm="SyncBN",
+    image_format="RGB",
+)
+dataloader = coco_dataloader(
+    image_format="RGB", train_sizes=(512,), max_size_train=512, size_test=512, max_size_test=512
+)
+optimizer = sgd(lr=0.01)
+lr_multiplier = schedule_1x()
+train = train_options()

@@ -1,0 +1,284 @@
+"""The speed and comparison tools: each runs at tiny sizes and writes its files, and
+``fold_for_inference`` keeps outputs equal. No timing is asserted."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_backbone, build_model
+from torch import nn
+
+from bifpn_d2 import BiFPN, FrozenFusion, fold_for_inference
+from bifpn_d2.benchmark import interleaved_times, load_config, peak_memory_bytes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A small RetinaNet on our BiFPN (ResNet-18, 32 channels, 2 cells) that needs no other file.
+TINY_CONFIG = """
+MODEL:
+  META_ARCHITECTURE: "RetinaNet"
+  DEVICE: "cpu"
+  BACKBONE:
+    NAME: "build_retinanet_resnet_bifpn_backbone"
+    FREEZE_AT: 0
+  RESNETS:
+    DEPTH: 18
+    RES2_OUT_CHANNELS: 64
+    OUT_FEATURES: ["res3", "res4", "res5"]
+  FPN:
+    IN_FEATURES: ["res3", "res4", "res5"]
+  BIFPN:
+    OUT_CHANNELS: 32
+    NUM_CELLS: 2
+  RETINANET:
+    NUM_CLASSES: 3
+    NUM_CONVS: 1
+  ANCHOR_GENERATOR:
+    SIZES: [[32], [64], [128], [256], [512]]
+"""
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_csv(path: str):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "Tiny-RetinaNet-BiFPN.yaml"
+    path.write_text(TINY_CONFIG)
+    return str(path)
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and fusion weights, so that folding them is tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("fusion.weight") or "fpn_fusion" in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 2)
+    return model
+
+
+# --------------------------------------------------------------------------- folding
+@pytest.mark.parametrize(
+    "builder, overrides",
+    [
+        ("build_retinanet_resnet_bifpn_backbone", []),
+        ("build_resnet_bifpn_backbone", ["MODEL.BIFPN.FUSION", "softmax", "MODEL.BIFPN.SAME_PADDING", True]),
+        ("build_retinanet_efficientnet_bifpn_backbone", ["MODEL.BIFPN.BIAS_BEFORE_NORM", True]),
+        (
+            "build_resnet_weighted_fpn_backbone",
+            ["MODEL.FPN.FUSE_TYPE", "fast_normalized", "MODEL.FPN.NORM", "BN"],
+        ),
+    ],
+)
+def test_fold_for_inference_keeps_outputs(make_cfg, builder, overrides):
+    cfg = make_cfg(builder)
+    cfg.merge_from_list(overrides)
+    model = randomise(build_backbone(cfg)).eval()
+    folded = fold_for_inference(model)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected, actual = model(x), folded(x)
+    assert list(expected) == list(actual)
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-4, rtol=1e-4), name
+    norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in folded.modules()), "a foldable norm is left"
+    assert any(isinstance(m, norms) for m in model.modules()), "the original must keep its norms"
+    assert any(isinstance(m, FrozenFusion) for m in folded.modules())
+    assert not any(p.requires_grad for p in folded.parameters())
+
+
+def test_folded_bifpn_scripts_and_matches(make_cfg):
+    import detectron2.export.torchscript  # noqa: F401  (detectron2's patches that let ResNet script)
+
+    model = randomise(build_backbone(make_cfg("build_retinanet_resnet_bifpn_backbone"))).eval()
+    folded = fold_for_inference(model)
+    scripted = torch.jit.script(folded)
+    x = torch.randn(1, 3, 80, 112)
+    with torch.no_grad():
+        expected, actual = model(x), scripted(x)
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-4, rtol=1e-4), name
+
+
+def test_fold_whole_detector(tiny_config):
+    model = randomise(build_model(load_config(tiny_config))).eval()
+    folded = fold_for_inference(model)
+    inputs = [{"image": torch.rand(3, 96, 128) * 255}]
+    with torch.no_grad():
+        expected, actual = model(inputs)[0]["instances"], folded(inputs)[0]["instances"]
+    assert torch.allclose(expected.scores, actual.scores, atol=1e-4)
+    assert torch.allclose(expected.pred_boxes.tensor, actual.pred_boxes.tensor, atol=1e-2)
+
+
+# --------------------------------------------------------------------------- helpers
+def test_measurement_helpers():
+    times = interleaved_times({"a": lambda: torch.ones(10), "b": lambda: torch.ones(20)}, repeats=3, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+    # 4 MiB held at once (two 2 MiB tensors alive together), then freed.
+    def hold_two() -> None:
+        a = torch.empty(2**19)
+        b = torch.empty(2**19)
+        del a, b
+
+    assert 2**22 <= peak_memory_bytes(hold_two) < 2**22 + 2**16
+
+
+# --------------------------------------------------------------------------- tools
+def test_benchmark_tool_writes_table_csv_and_plot(tiny_config, tmp_path):
+    tool = load_tool("benchmark")
+    out = tmp_path / "bench"
+    args = f"--config-file {tiny_config} --sizes 64x96 --batch-sizes 1 2 --repeats 1 --warmup 0 --devices cpu"
+    rows = tool.main(args.split() + ["--output-dir", str(out)])
+    written = read_csv(out / "benchmark.csv")
+    assert [(r["size"], r["batch"]) for r in written] == [("64x96", "1"), ("64x96", "2")]
+    for row in written:
+        for key in ("params_M", "gflops", "infer_ms", "folded_infer_ms", "infer_mem_MB"):
+            assert float(row[key]) > 0, key
+    # One image makes a 1x1 P7, on which training-mode batch norm fails: reported, not raised.
+    assert "training step failed" in rows[0]["note"] and "train_ms" not in rows[0]
+    assert rows[1]["train_ms"] > 0 and rows[1]["train_mem_MB"] > 0
+    assert "| Tiny-RetinaNet-BiFPN |" in (out / "benchmark.md").read_text()
+    assert (out / "benchmark.png").stat().st_size > 0
+
+
+def test_benchmark_tool_on_a_backbone_name(tmp_path):
+    tool = load_tool("benchmark")
+    args = "--backbone build_resnet_weighted_fpn_backbone --sizes 64 --repeats 1 --warmup 0 --no-memory"
+    overrides = "MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64 MODEL.FPN.OUT_CHANNELS 32 "
+    overrides += "MODEL.RESNETS.OUT_FEATURES ['res4','res5'] MODEL.FPN.IN_FEATURES ['res4','res5']"
+    rows = tool.main(args.split() + ["--devices", "cpu", "--output-dir", str(tmp_path)] + overrides.split())
+    assert rows[0]["name"] == "build_resnet_weighted_fpn_backbone"
+    assert rows[0]["train_ms"] > 0 and "train_mem_MB" not in rows[0]
+
+
+def test_neck_race_reports_parity_and_ratios(tmp_path):
+    pytest.importorskip("effdet")
+    tool = load_tool("neck_race")
+    args = "--cases bifpn-d0 fpn-r50 --d0-size 128 --fpn-sizes 72x100 --batch-sizes 2"
+    rows = tool.main(args.split() + ["--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path)])
+    by_race = {r["race"]: r for r in rows}
+    assert list(by_race) == ["bifpn-d0 128x128 bs2", "fpn-r50 72x100 bs2"]
+    for row in rows:
+        assert row["ref_params"] == row["our_params"]
+        for key in ("infer_ratio", "folded_ratio", "train_ratio", "train_mem_ratio"):
+            assert row[key] > 0, key
+    assert by_race["bifpn-d0 128x128 bs2"]["max_diff"] < 1e-4
+    assert by_race["bifpn-d0 128x128 bs2"]["folded_max_diff"] < 1e-4
+    assert "fails at 72x100" in by_race["fpn-r50 72x100 bs2"]["reference"]
+    assert len(read_csv(tmp_path / "race.csv")) == 2
+    assert "## Targets" in (tmp_path / "race.md").read_text()
+    assert (tmp_path / "race.png").stat().st_size > 0
+
+
+def test_model_zoo_table(tiny_config, tmp_path):
+    tool = load_tool("model_zoo_table")
+    results = tmp_path / "results" / "Tiny-RetinaNet-BiFPN"
+    results.mkdir(parents=True)
+    (results / "metrics.json").write_text(
+        json.dumps({"iteration": 9, "total_loss": 1.0})
+        + "\n"
+        + json.dumps({"iteration": 10, "bbox/AP": 12.5})
+        + "\n"
+    )
+    out = tmp_path / "zoo"
+    rows = tool.main(
+        [
+            "--configs",
+            tiny_config,
+            str(tmp_path / "not-written-yet.yaml"),
+            "--size",
+            "64",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--results-root",
+            str(tmp_path / "results"),
+            "--output-dir",
+            str(out),
+        ]
+    )
+    names = [r["model"] for r in rows]
+    assert names == [
+        "RetinaNet R50-FPN (detectron2)",
+        "Faster R-CNN R50-FPN (detectron2)",
+        "Tiny-RetinaNet-BiFPN",
+    ]
+    assert rows[0]["ref_AP"] == 37.4 and rows[1]["ref_AP_3x"] == 40.2
+    assert rows[0]["params_M"] == pytest.approx(37.9, abs=0.1)
+    assert rows[2]["your_AP"] == 12.5
+    assert all(r["gflops"] > 0 and r["latency_ms"] > 0 for r in rows)
+    assert len(read_csv(out / "model_zoo.csv")) == 3
+    assert (out / "ap_vs_gflops.png").stat().st_size > 0
+
+
+def test_default_zoo_configs_skip_bases(tmp_path):
+    tool = load_tool("model_zoo_table")
+    for name in ("Base-RetinaNet.yaml", "sub/Base-Tiny.yaml", "sub/Tiny-BiFPN.yaml", "B.yaml", "notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+    found = [os.path.relpath(c, tmp_path) for c in tool.default_configs(str(tmp_path))]
+    assert found == ["B.yaml", os.path.join("sub", "Tiny-BiFPN.yaml")]
+
+
+def test_plot_fusion_weights_from_checkpoint(tiny_config, tmp_path):
+    tool = load_tool("plot_fusion_weights")
+    model = randomise(build_model(load_config(tiny_config)))
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    rows = tool.main(
+        ["--config-file", tiny_config, "--weights", str(checkpoint), "--output-dir", str(tmp_path)]
+    )
+    neck = model.backbone
+    assert isinstance(neck, BiFPN)
+    expected = [
+        w for cell in neck.cells for node in cell.nodes for w in node.fusion.normalized_weights().tolist()
+    ]
+    assert [r["weight"] for r in rows] == pytest.approx(expected)
+    assert rows[0]["node"] == "P6 td" and rows[0]["source"] == "P6 in"
+    assert len(read_csv(tmp_path / "fusion_weights.csv")) == len(expected)
+    assert (tmp_path / "fusion_weights.png").stat().st_size > 0
+
+
+def test_plot_fusion_weights_of_a_weighted_fpn(tmp_path):
+    tool = load_tool("plot_fusion_weights")
+    config = tmp_path / "fpn.yaml"
+    config.write_text(
+        TINY_CONFIG.replace(
+            "build_retinanet_resnet_bifpn_backbone", "build_retinanet_resnet_weighted_fpn_backbone"
+        )
+    )
+    rows = tool.main(
+        ["--config-file", str(config), "--output-dir", str(tmp_path), "MODEL.FPN.FUSE_TYPE", "softmax"]
+    )
+    assert [(r["node"], r["source"]) for r in rows] == [
+        ("P4", "P4 lateral"),
+        ("P4", "P5 top-down"),
+        ("P3", "P3 lateral"),
+        ("P3", "P4 top-down"),
+    ]
+    assert all(r["weight"] == pytest.approx(0.5) for r in rows)

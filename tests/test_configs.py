@@ -1,0 +1,162 @@
+"""Every shipped config loads with ``add_bifpn_config`` and builds its model (a 3x config
+builds the same model as its 1x: compared instead of built again); all but the largest also
+run inference, and the synthetic-dataset configs one training step; the EfficientDet family
+follows the compound-scaling table; every LazyConfig instantiates and builds the same model
+as its YAML twin."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import bifpn_d2
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+YAML_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+LAZY_CONFIGS = sorted(
+    p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "lazy").glob("*.py") if p.name != "common.py"
+)
+# Built on the meta device (shapes only, no memory, no init cost): too big to run in a test.
+HUGE = re.compile(r"EfficientDet-D[3-7]\.yaml$")
+# EfficientDet D0-D7 (REFERENCES.md): backbone, image size, BiFPN width, cells, head convs, fusion.
+EFFICIENTDET = {
+    "D0": ("efficientnet_b0", 512, 64, 3, 3, "fast_normalized"),
+    "D1": ("efficientnet_b1", 640, 88, 4, 3, "fast_normalized"),
+    "D2": ("efficientnet_b2", 768, 112, 5, 3, "fast_normalized"),
+    "D3": ("efficientnet_b3", 896, 160, 6, 4, "fast_normalized"),
+    "D4": ("efficientnet_b4", 1024, 224, 7, 4, "fast_normalized"),
+    "D5": ("efficientnet_b5", 1280, 288, 7, 4, "fast_normalized"),
+    "D6": ("efficientnet_b6", 1280, 384, 8, 5, "sum"),
+    "D7": ("efficientnet_b6", 1536, 384, 8, 5, "sum"),
+}
+
+
+def load_yaml(name: str):
+    cfg = bifpn_d2.add_bifpn_config(get_cfg())
+    cfg.merge_from_file(str(CONFIGS / name))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def test_configs_are_found():
+    assert len(YAML_CONFIGS) >= 25 and len(LAZY_CONFIGS) >= 2
+
+
+@pytest.mark.parametrize("name", [n for n in YAML_CONFIGS if not n.endswith("_3x.yaml")])
+def test_yaml_config_builds(name):
+    cfg = load_yaml(name)
+    if HUGE.search(name):
+        cfg.MODEL.DEVICE = "meta"
+        with torch.device("meta"):
+            model = build_model(cfg)
+        assert sum(p.numel() for p in model.parameters()) > 10e6
+        return
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        (result,) = model([{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)}])
+    if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+        assert result["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 96, 128)
+    else:
+        assert result["instances"].image_size == (96, 128)
+
+
+@pytest.mark.parametrize("name", [n for n in YAML_CONFIGS if n.startswith("synthetic/") and "Base-" not in n])
+def test_synthetic_config_trains_one_step(name):
+    """The configs the main job trains: CPU, nothing pretrained or frozen, finite losses
+    and a gradient in every parameter of the neck."""
+    cfg = load_yaml(name)
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+    assert cfg.DATASETS.TRAIN[0].startswith("synthetic_shapes")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    instances = Instances(
+        (128, 128),
+        gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 60.0, 70.0], [70, 5, 120, 40]])),
+        gt_classes=torch.tensor([0, 3]),
+    )
+    batch = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8), "instances": instances}] * 2
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    neck = [(n, p) for n, p in model.backbone.named_parameters() if not n.startswith("bottom_up.")]
+    assert neck and all(p.grad is not None for _, p in neck)
+
+
+@pytest.mark.parametrize("variant", sorted(EFFICIENTDET))
+def test_efficientdet_compound_scaling(variant):
+    backbone, size, width, cells, head, fusion = EFFICIENTDET[variant]
+    cfg = load_yaml(f"EfficientDet/EfficientDet-{variant}.yaml")
+    assert cfg.MODEL.BACKBONE.NAME == "build_retinanet_efficientnet_bifpn_backbone"
+    assert cfg.MODEL.EFFICIENTNET.NAME == backbone
+    assert cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE == 0.2
+    assert (cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.NUM_CELLS, cfg.MODEL.BIFPN.FUSION) == (
+        width,
+        cells,
+        fusion,
+    )
+    assert cfg.MODEL.RETINANET.NUM_CONVS == head
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (size,) and cfg.INPUT.MAX_SIZE_TRAIN == size
+    assert cfg.INPUT.MIN_SIZE_TEST == size and cfg.INPUT.MAX_SIZE_TEST == size
+    assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.FPN.IN_FEATURES) == ["c3", "c4", "c5"]
+    assert cfg.MODEL.PIXEL_MEAN == [123.675, 116.28, 103.53] and cfg.MODEL.PIXEL_STD == [
+        58.395,
+        57.12,
+        57.375,
+    ]
+
+
+@pytest.mark.parametrize(
+    "schedule, steps, max_iter", [("1x", (60000, 80000), 90000), ("3x", (210000, 250000), 270000)]
+)
+@pytest.mark.parametrize("arch, lr", [("RetinaNet", 0.01), ("FasterRCNN", 0.02)])
+@pytest.mark.parametrize("neck, builder", [("WeightedFPN", "weighted_fpn"), ("BiFPN", "bifpn")])
+def test_model_zoo_schedules(schedule, steps, max_iter, arch, lr, neck, builder):
+    cfg = load_yaml(f"COCO-Detection/{arch}-R50-{neck}_{schedule}.yaml")
+    prefix = "build_retinanet_resnet_" if arch == "RetinaNet" else "build_resnet_"
+    assert cfg.MODEL.BACKBONE.NAME == f"{prefix}{builder}_backbone"
+    assert cfg.MODEL.RESNETS.DEPTH == 50
+    assert (cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER) == (steps, max_iter)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (16, lr)
+    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("coco_2017_train",), ("coco_2017_val",))
+    if schedule == "3x":  # the same model as 1x (built by test_yaml_config_builds)
+        assert cfg.MODEL == load_yaml(f"COCO-Detection/{arch}-R50-{neck}_1x.yaml").MODEL
+
+
+@pytest.mark.parametrize("name", LAZY_CONFIGS)
+def test_lazy_config_instantiates(name):
+    cfg = LazyConfig.load(str(CONFIGS / name))
+    model = instantiate(cfg.model).eval()
+    width = model.backbone.output_shape()["p3"].channels
+    assert model.head.cls_score.in_channels == width  # derived, not written twice
+    convs = [m for m in model.head.cls_subnet if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [width] * len(cfg.model.head.conv_dims)
+    cfg.optimizer.params.model = model
+    assert instantiate(cfg.optimizer).param_groups
+    assert instantiate(cfg.lr_multiplier)(0.5) > 0
+    with torch.no_grad():
+        (result,) = model([{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)}])
+    assert result["instances"].image_size == (96, 128)
+
+
+@pytest.mark.parametrize(
+    "lazy, yaml",
+    [
+        ("RetinaNet-R50-BiFPN_1x.py", "COCO-Detection/RetinaNet-R50-BiFPN_1x.yaml"),
+        ("EfficientDet-D0.py", "EfficientDet/EfficientDet-D0.yaml"),
+    ],
+)
+def test_lazy_config_matches_yaml_twin(lazy, yaml):
+    lazy_model = instantiate(LazyConfig.load(str(CONFIGS / "lazy" / lazy)).model)
+    yaml_model = build_model(load_yaml(yaml))
+    lazy_shapes = {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()}
+    yaml_shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
+    assert lazy_shapes == yaml_shapes

@@ -1,0 +1,189 @@
+"""Export: TorchScript (scripting, tracing), torch.export and ONNX give eager outputs,
+also at input sizes other than the one used for export."""
+import importlib.util
+import os
+
+import onnx
+import pytest
+import torch
+from _tiny_models import (
+    BUILDERS,
+    build_tiny_backbone,
+    build_tiny_detector,
+    image,
+    spread_scores,
+    tiny_cfg,
+)
+from detectron2.checkpoint import DetectionCheckpointer
+from PIL import Image
+from torch.export import Dim
+
+# (bifpn_d2.export imports detectron2.export, whose patches make ResNet scriptable)
+from bifpn_d2.export import (
+    assert_instances_close,
+    export_onnx,
+    export_scripting,
+    export_tracing,
+    raw_inference,
+    run_onnx,
+    scripted_instances,
+)
+
+TOL = 1e-5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RETINA_BIFPN = "build_retinanet_resnet_bifpn_backbone"
+RETINA_FPN = "build_retinanet_resnet_weighted_fpn_backbone"
+RCNN_BIFPN = "build_resnet_bifpn_backbone"
+RCNN_FPN = "build_resnet_weighted_fpn_backbone"
+EFFDET = "build_retinanet_efficientnet_bifpn_backbone"
+
+
+def _max_diff(expected: dict, actual: dict) -> float:
+    assert list(expected) == list(actual)
+    for name in expected:
+        assert expected[name].shape == actual[name].shape, name
+    return max((expected[k] - actual[k]).abs().max().item() for k in expected)
+
+
+def _coarsest_level(backbone) -> int:
+    return max(s.stride for s in backbone.output_shape().values()).bit_length() - 1
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_backbone_scripting(builder):
+    backbone = build_tiny_backbone(builder)
+    scripted = torch.jit.script(backbone)
+    for x in (torch.randn(1, 3, 64, 96), torch.randn(2, 3, 75, 50)):
+        with torch.no_grad():
+            assert _max_diff(backbone(x), scripted(x)) <= TOL
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_backbone_torch_export_dynamic(builder):
+    """Batch, height and width are dynamic. Every level must be at least 2 pixels (a size
+    of 1 broadcasts, which torch.export cannot leave symbolic): H, W >= 2**L + 1 for the
+    coarsest level L, e.g. 129 for P3-P7."""
+    backbone = build_tiny_backbone(builder)
+    min_size = 2 ** _coarsest_level(backbone) + 1
+    side = {"min": min_size, "max": 4096}
+    dims = {0: Dim("batch", max=64), 2: Dim("height", **side), 3: Dim("width", **side)}
+    example = (torch.randn(2, 3, 160, 224),)
+    exported = torch.export.export(backbone, example, dynamic_shapes={"x": dims}).module()
+    for x in (torch.randn(2, 3, 160, 224), torch.randn(1, 3, min_size, 301)):
+        with torch.no_grad():
+            assert _max_diff(backbone(x), exported(x)) <= TOL
+
+
+@pytest.mark.parametrize("builder", [RETINA_BIFPN, RCNN_FPN])
+def test_backbone_onnx_dynamic(builder, tmp_path):
+    backbone = build_tiny_backbone(builder)
+    names = backbone.output_shape()
+    path = str(tmp_path / "backbone.onnx")
+    axes = {"x": {0: "batch", 2: "height", 3: "width"}}
+    axes.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names})
+    torch.onnx.export(backbone, (torch.randn(1, 3, 128, 160),), path, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=list(names), dynamic_axes=axes)
+    onnx.checker.check_model(path)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for x in (torch.randn(1, 3, 128, 160), torch.randn(2, 3, 99, 211)):
+        with torch.no_grad():
+            expected = backbone(x)
+        actual = dict(zip(names, (torch.from_numpy(o) for o in session.run(None, {"x": x.numpy()}))))
+        # onnxruntime's kernels round differently from PyTorch's: a few float32 ulps
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
+
+
+def _tf_effdet_cfg():
+    """EfficientNet-B0 + BiFPN as a TF EfficientDet port: TF "SAME" padding (timm's in the
+    bottom-up, ours in the max-pools), whose amounts depend on the input size."""
+    cfg = tiny_cfg(EFFDET)
+    cfg.MODEL.EFFICIENTNET.NAME = "tf_efficientnet_b0"
+    cfg.MODEL.BIFPN.SAME_PADDING = cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = True
+    return cfg
+
+
+TRACED = [(RETINA_BIFPN, None), (RETINA_FPN, None), (RCNN_BIFPN, None), (RCNN_FPN, None)]
+TRACED.append((EFFDET, _tf_effdet_cfg))
+
+
+@pytest.mark.parametrize("builder,make_cfg", TRACED, ids=[b + ("-tf" if c else "") for b, c in TRACED])
+def test_detector_tracing_other_size(builder, make_cfg):
+    """Traced at one size, the model runs correctly at others: no size or device is baked in."""
+    model = build_tiny_detector(builder, make_cfg() if make_cfg else None)
+    traced, adapter = export_tracing(model, image(128, 160))
+    for height, width in ((200, 150), (97, 251)):
+        x = image(height, width, seed=1)
+        with torch.no_grad():
+            expected = raw_inference(model, [{"image": x}])[0]
+            actual = adapter.outputs_schema(traced(x))
+        assert len(expected) > 0  # there are detections to compare
+        assert_instances_close(expected, actual, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("builder", [RETINA_BIFPN, RCNN_FPN])
+def test_detector_scripting(builder):
+    model = build_tiny_detector(builder)
+    scripted = export_scripting(model)
+    for x in (image(128, 160), image(99, 131, seed=1)):
+        with torch.no_grad():
+            expected = raw_inference(model, [{"image": x}])[0]
+            actual = scripted_instances(scripted(({"image": x},))[0], expected.image_size)
+        assert len(expected) > 0
+        assert_instances_close(expected, actual, rtol=TOL, atol=TOL)
+
+
+def test_onnx_retinanet_bifpn():
+    """Whole RetinaNet-BiFPN (NMS included) in onnxruntime, at the export size and another."""
+    model = build_tiny_detector(RETINA_BIFPN)
+    spread_scores(model)
+    onnx_bytes, adapter = export_onnx(model, image(128, 160))
+    onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
+    for x in (image(128, 160), image(200, 150, seed=1)):
+        with torch.no_grad():
+            expected = raw_inference(model, [{"image": x}])[0]
+        actual = adapter.outputs_schema(tuple(run_onnx(onnx_bytes, x)))
+        assert len(expected) > 0
+        # boxes are in pixels (up to ~200): onnxruntime's kernels round differently
+        assert_instances_close(expected, actual, rtol=1e-4, atol=1e-3)
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# (format, export method, whether to pass --sample-image)
+TOOL_CASES = [("torchscript", "tracing", False), ("onnx", "tracing", True)]
+TOOL_CASES.append(("torchscript", "scripting", False))
+
+
+@pytest.mark.parametrize("fmt,method,sample_image", TOOL_CASES)
+def test_export_model_tool(fmt, method, sample_image, tmp_path):
+    """The CLI exports a config + checkpoint, then verifies the file by running it on the
+    sample image (a given one, or a synthetic one)."""
+    cfg = tiny_cfg(RETINA_BIFPN)
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 192
+    (tmp_path / "tiny.yaml").write_text(cfg.dump())
+    model = build_tiny_detector(RETINA_BIFPN)
+    spread_scores(model)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    args = ["--config-file", str(tmp_path / "tiny.yaml"), "--format", fmt, "--export-method", method,
+            "--output", str(tmp_path / "out")]
+    if sample_image:
+        pixels = image(150, 180).permute(1, 2, 0).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / "sample.png")
+        args += ["--sample-image", str(tmp_path / "sample.png")]
+    exported = _load_tool("export_model").main(args + ["MODEL.WEIGHTS", str(tmp_path / "model.pth")])
+    assert exported == str(tmp_path / "out" / ("model.onnx" if fmt == "onnx" else "model.ts"))
+    assert os.path.getsize(exported) > 0
+
+
+def test_export_model_tool_rejects_scripting_to_onnx(tmp_path):
+    tool = _load_tool("export_model")
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", "x.yaml", "--format", "onnx", "--export-method", "scripting",
+                   "--output", str(tmp_path)])

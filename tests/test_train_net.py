@@ -1,0 +1,261 @@
+"""tools/train_net.py, tools/lazy_train_net.py and tools/main_job.py end to end on the tiny
+synthetic dataset (16 / 8 images of 128 px): training, evaluation, resuming, evaluating a
+checkpoint, and the one-line errors for mistakes a user makes."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import lazy_train_net  # noqa: E402
+import train_net  # noqa: E402
+from main_job import QUICK_OVERRIDES, as_opts  # noqa: E402
+
+CONFIG = str(ROOT / "configs/synthetic/RetinaNet-R18-BiFPN.yaml")
+BASE_LR = 0.01
+TINY = as_opts({**QUICK_OVERRIDES, "SOLVER.BASE_LR": str(BASE_LR), "SOLVER.CHECKPOINT_PERIOD": "2"})
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: datasets generated under a temporary root, 2 threads."""
+    return dict(os.environ, BIFPN_D2_DATASETS=str(tmp_path_factory.mktemp("datasets")), OMP_NUM_THREADS="2")
+
+
+def run_tool(script: str, args, env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / script), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def train(output_dir: Path, env, flags=(), iters: int = 4) -> subprocess.CompletedProcess:
+    return run_tool(
+        "train_net.py",
+        [
+            "--config-file",
+            CONFIG,
+            *flags,
+            "OUTPUT_DIR",
+            str(output_dir),
+            *TINY,
+            "SOLVER.MAX_ITER",
+            str(iters),
+        ],
+        env,
+    )
+
+
+def metrics(output_dir: Path) -> list:
+    return [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+
+
+def digests(output_dir: Path) -> dict:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(output_dir.iterdir())
+        if p.suffix == ".pth" or p.name == "last_checkpoint"
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, env):
+    """A finished 4-iteration run (checkpoints every 2 iterations), evaluated at the end."""
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    result = train(output_dir, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output_dir, result
+
+
+def test_train_writes_checkpoints_metrics_and_events(trained):
+    output_dir, result = trained
+    names = {p.name for p in output_dir.iterdir()}
+    assert {
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
+        "last_checkpoint",
+        "metrics.json",
+        "log.txt",
+        "config.yaml",
+    } <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]  # atomic saves leave nothing behind
+    assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
+    records = metrics(output_dir)
+    assert [r["iteration"] for r in records if "total_loss" in r][-1] == 3
+    assert "bbox/AP" in records[-1]
+    assert "eta:" in result.stdout + result.stderr  # progress with an ETA, on CPU too
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in result.stdout + result.stderr
+
+
+def test_resume_continues_iteration_optimizer_and_schedule(trained, tmp_path, env):
+    output_dir = tmp_path / "out"
+    shutil.copytree(trained[0], output_dir)
+    before = len(metrics(output_dir))
+    result = train(output_dir, env, ["--resume"], iters=6)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting training from iteration 4" in result.stdout + result.stderr
+    new = [r for r in metrics(output_dir)[before:] if "total_loss" in r]
+    assert [r["iteration"] for r in new] == [4, 5]
+    # A restarted scheduler would be back in warmup (lr ~ BASE_LR / 1000); restored, it is not.
+    assert new[0]["lr"] == pytest.approx(BASE_LR)
+    checkpoint = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["iteration"] == 5
+    assert (
+        "LRScheduler" in checkpoint["trainer"]["hooks"] and "optimizer" in checkpoint["trainer"]["_trainer"]
+    )
+
+
+def test_eval_only_from_checkpoint_leaves_checkpoints_alone(trained, tmp_path, env):
+    output_dir = tmp_path / "out"
+    shutil.copytree(trained[0], output_dir)
+    saved = digests(output_dir)
+    result = run_tool(
+        "train_net.py",
+        ["--config-file", CONFIG, "--eval-only", "--resume", "OUTPUT_DIR", str(output_dir), *TINY],
+        env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in result.stdout + result.stderr
+    assert digests(output_dir) == saved
+
+
+def test_refuses_to_train_over_checkpoints(trained, capsys):
+    output_dir = trained[0]
+    saved = digests(output_dir)
+    argv = ["--config-file", CONFIG, "OUTPUT_DIR", str(output_dir), *TINY]
+    with pytest.raises(SystemExit) as exit_info:
+        train_net.cli(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "already holds checkpoints" in message and "--resume" in message and "--overwrite" in message
+    assert digests(output_dir) == saved
+    train_net.preflight(train_net.build_parser().parse_args(["--overwrite", *argv]))  # explicit override
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        train_net.cli(["--config-file", CONFIG, "OUTPUT_DIR", str(blocker / "out")])
+    assert exit_info.value.code == 2
+    assert f"OUTPUT_DIR '{blocker / 'out'}' is not writable" in capsys.readouterr().err
+
+
+def test_unknown_key_is_one_line_naming_the_key(tmp_path, env):
+    result = run_tool(
+        "train_net.py",
+        ["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.BIFPN.NUM_CELL", "3"],
+        env,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        "error: unknown config key MODEL.BIFPN.NUM_CELL on the command line; "
+        "did you mean MODEL.BIFPN.NUM_CELLS?"
+    ) in result.stderr
+
+
+@pytest.mark.parametrize(
+    "opts, expected",
+    [
+        (
+            ["SOLVER.MAX_ITER", "many"],
+            "config key SOLVER.MAX_ITER on the command line expects a value of type int",
+        ),
+        (["MODEL.BIFPN.FUSION", "bogus"], "cannot build the model: MODEL.BIFPN.FUSION='bogus' is not valid"),
+        (["SOLVER.MAX_ITER"], "overrides must be KEY VALUE pairs"),
+    ],
+)
+def test_bad_values_are_reported(tmp_path, capsys, opts, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        train_net.cli(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), *TINY, *opts])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  BIFPN:\n    OUT_CHANNEL: 64\n')
+    with pytest.raises(
+        train_net.ConfigError, match=f"unknown config key MODEL.BIFPN.OUT_CHANNEL in {config}"
+    ):
+        train_net.load_config(str(config))
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    checkpointer = train_net.AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
+    checkpointer.save("model_final")
+    saved = digests(tmp_path)
+
+    def crash_midway(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_final")
+    assert digests(tmp_path) == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_lazy_train_net_trains_and_evaluates(tmp_path, env):
+    output_dir = tmp_path / "lazy"
+    result = run_tool(
+        "lazy_train_net.py",
+        [
+            "--config-file",
+            str(ROOT / "configs/lazy/EfficientDet-D0.py"),
+            f"train.output_dir={output_dir}",
+            "train.device=cpu",
+            "train.max_iter=2",
+            "model.num_classes=5",
+            "dataloader.train.dataset.names=synthetic_shapes_tiny_train",
+            "dataloader.test.dataset.names=synthetic_shapes_tiny_val",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+            "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+            "dataloader.train.mapper.augmentations.0.max_size=128",
+            "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+            "dataloader.test.mapper.augmentations.0.max_size=128",
+        ],
+        env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (output_dir / "model_final.pth").is_file() and (output_dir / "metrics.json").is_file()
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in result.stdout + result.stderr
+
+
+def test_lazy_unknown_key(capsys):
+    with pytest.raises(SystemExit):
+        lazy_train_net.cli(
+            ["--config-file", str(ROOT / "configs/lazy/EfficientDet-D0.py"), "train.max_iters=5"]
+        )
+    assert "unknown config key train.max_iters" in capsys.readouterr().err
+
+
+def test_main_job_quick(tmp_path, env):
+    output_dir = tmp_path / "main_job"
+    result = run_tool("main_job.py", ["--quick", "--output-dir", str(output_dir)], env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (output_dir / "results.md").read_text()
+    assert "| AP |" in table and "| GFLOPs" in table and table.split("\n\n")[1] in result.stdout
+    rows = (output_dir / "results.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["model", "FPN", "BiFPN"]
+    assert (output_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[FPN]" in result.stdout and "eta:" in result.stdout  # live progress

@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Train or evaluate a model described by a LazyConfig (``.py``) file, e.g.
+``configs/lazy/EfficientDet-D0.py``.
+
+Same command line as ``tools/train_net.py`` (``--config-file``, ``--num-gpus``,
+``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--resume``, ``--eval-only``,
+``--overwrite``), but overrides are ``path.key=value``::
+
+    python tools/lazy_train_net.py --config-file configs/lazy/EfficientDet-D0.py \\
+        train.output_dir=output/d0 train.device=cpu dataloader.train.total_batch_size=4
+
+The config provides ``model``, ``dataloader.{train,test,evaluator}``, ``optimizer``,
+``lr_multiplier`` and ``train`` (see ``configs/lazy/common.py``). Output directory checks,
+atomic checkpoints and one-line errors are those of ``tools/train_net.py``.
+"""
+
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks, launch
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from train_net import (
+    LAST_CHECKPOINT,
+    AtomicCheckpointer,
+    ConfigError,
+    build_parser,
+    check_output_dir,
+    checkpoints_in,
+    forget_previous_run,
+    log_period,
+    wants_overwrite,
+)
+
+from bifpn_d2.data import ensure_generated
+
+__all__ = ["load_lazy_config", "do_test", "do_train", "main"]
+
+
+def _check_override_keys(cfg: DictConfig, overrides: List[str]) -> None:
+    """Refuse ``key=value`` overrides whose key does not exist, except a new argument of a
+    ``LazyCall`` (its parent has ``_target_``), which instantiation will check."""
+    missing = object()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        parent_key = key.rpartition(".")[0]
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if not (isinstance(parent, DictConfig) and "_target_" in parent):
+            raise ConfigError(f"unknown config key {key} on the command line")
+
+
+def load_lazy_config(config_file: str, overrides: List[str]) -> DictConfig:
+    """Load ``config_file`` and apply ``path.key=value`` ``overrides``.
+
+    Raises:
+        ConfigError: missing or broken file, unknown key, malformed override.
+    """
+    if not config_file:
+        raise ConfigError("--config-file is required")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist")
+    try:
+        cfg = LazyConfig.load(config_file)
+    except (SyntaxError, ImportError, KeyError, ValueError, OmegaConfBaseException) as e:
+        raise ConfigError(f"cannot load {config_file}: {type(e).__name__}: {e}") from None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be path.key=value, got {bad}")
+    _check_override_keys(cfg, overrides)
+    try:
+        return LazyConfig.apply_overrides(cfg, overrides)
+    except Exception as e:  # hydra's parser raises its own exception types
+        raise ConfigError(f"bad override on the command line: {e}") from None
+
+
+def _test_dataset_names(cfg: DictConfig) -> List[str]:
+    names = cfg.dataloader.test.dataset.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def do_test(cfg: DictConfig, model) -> Dict[str, Any]:
+    """Run ``dataloader.test`` through ``model`` and ``dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    for name in _test_dataset_names(cfg):
+        ensure_generated(name)  # COCOEvaluator reads the dataset's json file directly
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    print_csv_format(results)
+    return results
+
+
+def do_train(cfg: DictConfig, resume: bool) -> Optional[Dict[str, Any]]:
+    """Train from scratch (``train.init_checkpoint``) or resume from ``train.output_dir``;
+    evaluates every ``train.eval_period`` iterations and at the end."""
+    model = instantiate(cfg.model).to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    results: Dict[str, Any] = {}
+
+    def evaluate() -> Dict[str, Any]:
+        results.update(do_test(cfg, model))
+        return results
+
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=min(cfg.train.log_period, log_period(cfg.train.max_iter)),
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return results or None
+
+
+def main(args) -> Optional[Dict[str, Any]]:
+    """One process of a (possibly distributed) job."""
+    cfg = load_lazy_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
+        AtomicCheckpointer(model, cfg.train.output_dir).resume_or_load(
+            cfg.train.init_checkpoint, resume=args.resume
+        )
+        return do_test(cfg, model)
+    if comm.is_main_process() and wants_overwrite(args) and not args.resume:
+        forget_previous_run(cfg.train.output_dir)
+    return do_train(cfg, resume=args.resume)
+
+
+def preflight(args) -> None:
+    """Config, device, output directory and weights checks, before any worker starts."""
+    cfg = load_lazy_config(args.config_file, args.opts)
+    device = str(cfg.train.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {device!r} but no CUDA GPU is available; add `train.device=cpu`")
+    output_dir = cfg.train.output_dir
+    check_output_dir(
+        output_dir, fresh_training=not (args.resume or args.eval_only), overwrite=wants_overwrite(args)
+    )
+    has_last = LAST_CHECKPOINT in checkpoints_in(output_dir)
+    if args.eval_only and not cfg.train.init_checkpoint and not (args.resume and has_last):
+        raise ConfigError(
+            "--eval-only needs weights: pass train.init_checkpoint=path/to/model.pth, or --resume "
+            f"to evaluate the last checkpoint in train.output_dir {output_dir!r} (there is none)"
+        )
+
+
+def cli(argv: Optional[List[str]] = None) -> None:
+    """Parse, check, then launch :func:`main` on every process."""
+    args = build_parser().parse_args(argv)
+    try:
+        preflight(args)
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ConfigError as e:
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
