@@ -31,7 +31,10 @@ Writes ``race.csv``, ``race.md`` and ``race.png`` to ``--output-dir``.
 
 Example::
 
-    python tools/neck_race.py --cases bifpn-d0 bifpn-d3 --batch-sizes 1 8 --repeats 9
+    python tools/neck_race.py --cases bifpn-d0 bifpn-d3 --batch-sizes 1 8 --repeats 7 --threads 1
+
+On a shared machine, use fewer threads than there are free cores: an OpenMP thread that
+waits for a core held by another process stalls every parallel op of both contestants.
 """
 
 import argparse
