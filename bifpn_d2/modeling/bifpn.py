@@ -26,8 +26,9 @@ def pyramid_levels(bottom_up: Backbone, in_features: List[str]) -> List[int]:
     missing = [f for f in in_features if f not in shapes]
     if missing or not in_features:
         raise ValueError(
-            f"{missing or 'no features'} not produced by the bottom-up network, which "
-            f"produces {list(shapes)}"
+            f"{missing} not produced by the bottom-up network, which produces {list(shapes)}"
+            if missing
+            else f"no features given; the bottom-up network produces {list(shapes)}"
         )
     strides = [shapes[f].stride for f in in_features]
     levels = [int(round(math.log2(s))) for s in strides]
