@@ -119,7 +119,9 @@ def schedule_overrides(config: str, iters: int) -> List[str]:
     """``SOLVER.MAX_ITER`` = ``iters``, with the LR steps and warmup scaled to match."""
     cfg = load_config(str(ROOT / config))
     scale = iters / cfg.SOLVER.MAX_ITER
-    steps = tuple(max(1, round(s * scale)) for s in cfg.SOLVER.STEPS)
+    # Milestones must stay strictly increasing and below MAX_ITER (short runs merge them).
+    scaled = {max(1, round(step * scale)) for step in cfg.SOLVER.STEPS}
+    steps = tuple(sorted(step for step in scaled if step < iters))
     warmup = max(1, min(cfg.SOLVER.WARMUP_ITERS, round(cfg.SOLVER.WARMUP_ITERS * scale)))
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps), "SOLVER.WARMUP_ITERS", str(warmup)]
 
