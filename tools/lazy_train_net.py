@@ -15,12 +15,11 @@ atomic checkpoints and one-line errors are those of ``tools/train_net.py``.
 """
 
 import os
-import sys
 from typing import Any, Dict, List, Optional
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks, launch
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -30,11 +29,11 @@ from train_net import (
     LAST_CHECKPOINT,
     AtomicCheckpointer,
     ConfigError,
-    build_parser,
     check_output_dir,
     checkpoints_in,
     forget_previous_run,
     log_period,
+    run_cli,
     wants_overwrite,
 )
 
@@ -172,20 +171,7 @@ def preflight(args) -> None:
 
 def cli(argv: Optional[List[str]] = None) -> None:
     """Parse, check, then launch :func:`main` on every process."""
-    args = build_parser().parse_args(argv)
-    try:
-        preflight(args)
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except ConfigError as e:
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(argv, preflight, main)
 
 
 if __name__ == "__main__":

@@ -384,13 +384,16 @@ def preflight(args) -> CfgNode:
     return cfg
 
 
-def cli(argv: Optional[Iterable[str]] = None) -> None:
-    """Parse ``argv``, check it, then run :func:`main` on every process of the job."""
+def run_cli(
+    argv: Optional[Iterable[str]], preflight_fn: Callable[[Any], Any], main_fn: Callable[[Any], Any]
+) -> None:
+    """Parse ``argv``, check it with ``preflight_fn`` (one-line error and exit status 2 on a
+    :class:`ConfigError`), then run ``main_fn(args)`` on every process of the job."""
     args = build_parser().parse_args(argv)
     try:
-        preflight(args)
+        preflight_fn(args)
         launch(
-            main,
+            main_fn,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
@@ -400,6 +403,11 @@ def cli(argv: Optional[Iterable[str]] = None) -> None:
     except ConfigError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def cli(argv: Optional[Iterable[str]] = None) -> None:
+    """Parse ``argv``, check it, then run :func:`main` on every process of the job."""
+    run_cli(argv, preflight, main)
 
 
 if __name__ == "__main__":
