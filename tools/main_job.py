@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -136,7 +137,10 @@ def train(run: Run, output_dir: Path, overrides: Sequence[str], overwrite: bool,
         _say(f"{run.label}: {output_dir} holds a previous run: resuming it (--overwrite trains again)")
         command.append("--resume")
     command += ["OUTPUT_DIR", str(output_dir), *overrides]
+    # PASSIVE: idle OpenMP threads sleep instead of spinning. On a machine shared with other
+    # jobs, spinning threads were measured to make 2-thread training 4x slower.
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     tail: List[str] = []
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
@@ -182,7 +186,8 @@ def measure_cost(run: Run, overrides: Sequence[str]) -> None:
     run.neck_params_m = (sum(p.numel() for p in backbone.parameters()) - bottom_up) / 1e6
     dataset = cfg.DATASETS.TEST[0]
     image = DatasetMapper(cfg, is_train=False)(DatasetCatalog.get(dataset)[0])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the tracer's torch.jit deprecation notices
         flops = FlopCountAnalysis(model, [image])
         flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         run.gflops = flops.total() / 1e9
@@ -285,6 +290,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Run]:
     iters = args.iters or (QUICK_ITERS if args.quick else None)
 
     start = time.perf_counter()
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        _say(
+            f"note: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores); "
+            "the timings and the ~20 minute budget assume an idle machine"
+        )
     cfg = load_config(str(ROOT / runs[0].config), base)
     for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
         _say(f"dataset {name}: generating it if needed (first run only, about a minute)")
