@@ -14,7 +14,7 @@ from typing import Any
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_bifpn_config", "check_choice", "check_positive"]
+__all__ = ["add_bifpn_config", "check_choice", "check_non_negative", "check_positive"]
 
 
 def add_bifpn_config(cfg: CN) -> CN:
@@ -26,6 +26,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.FPN.TOP_BLOCK = ""  # "" = maxpool for R-CNN builders, p6p7_c5 for RetinaNet
     # ones; or "maxpool" | "p6p7_c5" | "p6p7_p5" | "efficientdet"
     cfg.MODEL.FPN.FUSION_EPS = 1e-4  # epsilon of fast normalized fusion
+    # Pad input images to a multiple of this (our FPN and BiFPN; 0 = no padding, which they
+    # do not need). Heads that upsample by fixed factors (SemSegFPNHead) need 32 for P2-P5.
+    cfg.MODEL.FPN.SIZE_DIVISIBILITY = 0
 
     # --- MODEL.BIFPN: the BiFPN neck. It reads its inputs from MODEL.FPN.IN_FEATURES.
     cfg.MODEL.BIFPN = CN()
@@ -59,6 +62,12 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not valid; allowed values: {allowed}")
+
+
+def check_non_negative(key: str, value: int) -> None:
+    """Raise ``ValueError`` naming the config ``key`` unless ``value`` is an integer >= 0."""
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key}={value!r} is not valid; it must be an integer >= 0")
 
 
 def check_positive(key: str, value: int) -> None:

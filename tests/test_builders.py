@@ -70,3 +70,13 @@ def test_bifpn_level_ranges(graph, max_level):
     outputs = backbone(torch.randn(2, 3, 130, 70))
     assert list(outputs) == [f"p{level}" for level in range(2, max_level + 1)]
     assert outputs[f"p{max_level}"].shape[-2:] == (math.ceil(130 / 2**max_level), math.ceil(70 / 2**max_level))
+
+
+@pytest.mark.parametrize("name", ["build_resnet_bifpn_backbone", "build_resnet_weighted_fpn_backbone"])
+def test_size_divisibility_is_configurable(name):
+    """Padding is off by default and set by MODEL.FPN.SIZE_DIVISIBILITY (SemSegFPNHead needs 32)."""
+    cfg = small_cfg(name)
+    cfg.MODEL.FPN.SIZE_DIVISIBILITY = 32
+    backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=3))
+    assert backbone.size_divisibility == 32
+    assert backbone.padding_constraints == {"size_divisibility": 32}

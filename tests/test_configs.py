@@ -59,12 +59,13 @@ def test_yaml_config_builds(name):
         return
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    # A size that is not a multiple of 32, as most images are.
     with torch.no_grad():
-        (result,) = model([{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)}])
+        (result,) = model([{"image": torch.randint(0, 256, (3, 100, 133), dtype=torch.uint8)}])
     if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
-        assert result["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 96, 128)
+        assert result["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 100, 133)
     else:
-        assert result["instances"].image_size == (96, 128)
+        assert result["instances"].image_size == (100, 133)
 
 
 @pytest.mark.parametrize("name", [n for n in YAML_CONFIGS if n.startswith("synthetic/") and "Base-" not in n])

@@ -59,6 +59,7 @@ def interleaved_times(
     repeats: int,
     warmup: int = 1,
     device: Optional[torch.device] = None,
+    on_round: Optional[Callable[[int, int], None]] = None,
 ) -> Dict[str, List[float]]:
     """Time each function ``repeats`` times, round-robin: every round calls each function
     once, and the order rotates from round to round (A B C, B C A, C A B, ...) so that no
@@ -71,6 +72,7 @@ def interleaved_times(
             autotuning).
         device: synchronised before and after each call so that asynchronous CUDA work
             is inside the measurement (default: CPU, nothing to wait for).
+        on_round: called as ``on_round(done, total)`` after each round (progress).
     Returns:
         name -> ``repeats`` durations in seconds, in measurement order.
     """
@@ -89,6 +91,8 @@ def interleaved_times(
             synchronize(device)
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
+        if on_round is not None:
+            on_round(round_index + 1, warmup + repeats)
     return times
 
 

@@ -67,6 +67,7 @@ class BiFPN(Backbone):
         norm_momentum: float = 0.01,
         same_padding: bool = False,
         bias_before_norm: bool = False,
+        size_divisibility: int = 0,
     ):
         """
         Args:
@@ -80,10 +81,17 @@ class BiFPN(Backbone):
             graph: ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
             fusion, fusion_eps, activation, separable_conv, norm, norm_eps, norm_momentum,
                 same_padding, bias_before_norm: see :class:`PyramidCell`.
+            size_divisibility: what Detectron2 pads input images to a multiple of. The
+                BiFPN needs no padding (0); heads that upsample by fixed factors and add
+                levels together, such as ``SemSegFPNHead``, need ``2**max_level`` of what
+                they read (32 for P2-P5).
         """
         super().__init__()
         if out_channels < 1 or num_cells < 1:
             raise ValueError(f"out_channels={out_channels} and num_cells={num_cells} must be >= 1")
+        if size_divisibility < 0:
+            raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
+        self._size_divisibility = size_divisibility
         levels = pyramid_levels(bottom_up, in_features)
         min_level, last_input_level = levels[0], levels[-1]
         if max_level < last_input_level:
@@ -136,12 +144,12 @@ class BiFPN(Backbone):
 
     @property
     def size_divisibility(self) -> int:
-        """0: every level is resized to its exact size, so no padding is needed."""
-        return 0
+        """0 by default: every level is resized to its exact size, so no padding is needed."""
+        return self._size_divisibility
 
     @property
     def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": 0}
+        return {"size_divisibility": self._size_divisibility}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """

@@ -13,7 +13,7 @@ the default top block and ``MAX_LEVEL``.
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
 
-from ..config import check_choice, check_positive
+from ..config import check_choice, check_non_negative, check_positive
 from ..layers import ACTIVATIONS, FUSION_METHODS, NORMS
 from .bifpn import BiFPN, pyramid_levels
 from .efficientnet import EFFICIENTNET_NAMES, EFFICIENTNET_NORMS, EfficientNetBackbone
@@ -78,6 +78,7 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
     check_choice("MODEL.BIFPN.FUSION", bc.FUSION, FUSION_METHODS)
     check_choice("MODEL.BIFPN.ACTIVATION", bc.ACTIVATION, ACTIVATIONS)
     check_choice("MODEL.BIFPN.NORM", bc.NORM, NORMS)
+    check_non_negative("MODEL.FPN.SIZE_DIVISIBILITY", cfg.MODEL.FPN.SIZE_DIVISIBILITY)
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
     if levels[0] < 2:
@@ -107,6 +108,7 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
         norm_momentum=bc.NORM_MOMENTUM,
         same_padding=bc.SAME_PADDING,
         bias_before_norm=bc.BIAS_BEFORE_NORM,
+        size_divisibility=cfg.MODEL.FPN.SIZE_DIVISIBILITY,
     )
 
 
@@ -114,6 +116,7 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     fc = cfg.MODEL.FPN
     check_positive("MODEL.FPN.OUT_CHANNELS", fc.OUT_CHANNELS)
     check_choice("MODEL.FPN.FUSE_TYPE", fc.FUSE_TYPE, FUSION_METHODS)
+    check_non_negative("MODEL.FPN.SIZE_DIVISIBILITY", fc.SIZE_DIVISIBILITY)
     num_extra, default_top = _FLAVOURS[flavour]
     top_name = fc.TOP_BLOCK or default_top
     check_choice("MODEL.FPN.TOP_BLOCK", top_name, TOP_BLOCKS + ("",))
@@ -133,7 +136,8 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
         top_block = ConvP6P7TopBlock(fc.OUT_CHANNELS, fc.OUT_CHANNELS, last_output)
     else:
         top_block = EfficientDetTopBlock(last_channels, fc.OUT_CHANNELS, num_extra, last_input, fc.NORM)
-    return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE, fc.FUSION_EPS)
+    return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE, fc.FUSION_EPS,
+                       fc.SIZE_DIVISIBILITY)
 
 
 @BACKBONE_REGISTRY.register()

@@ -42,6 +42,7 @@ class WeightedFPN(Backbone):
         top_block: Optional[nn.Module] = None,
         fuse_type: str = "sum",
         fusion_eps: float = 1e-4,
+        size_divisibility: int = 0,
     ):
         """
         Args:
@@ -55,10 +56,15 @@ class WeightedFPN(Backbone):
             fuse_type: one of :data:`FUSION_METHODS` for merging the upsampled coarser
                 level into each lateral.
             fusion_eps: epsilon of ``fast_normalized`` fusion.
+            size_divisibility: what Detectron2 pads input images to a multiple of: 0 (no
+                padding) suffices for this FPN; ``SemSegFPNHead`` needs 32 over P2-P5.
         """
         super().__init__()
         if out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+        if size_divisibility < 0:
+            raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
+        self._size_divisibility = size_divisibility
         levels = pyramid_levels(bottom_up, in_features)
         in_shapes = bottom_up.output_shape()
         use_bias = norm == ""
@@ -108,12 +114,12 @@ class WeightedFPN(Backbone):
 
     @property
     def size_divisibility(self) -> int:
-        """0: the top-down path resizes to exact sizes, so no padding is needed."""
-        return 0
+        """0 by default: the top-down path resizes to exact sizes, so no padding is needed."""
+        return self._size_divisibility
 
     @property
     def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": 0}
+        return {"size_divisibility": self._size_divisibility}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
