@@ -147,8 +147,11 @@ def test_fold_whole_detector(tiny_config):
 
 # --------------------------------------------------------------------------- helpers
 def test_measurement_helpers():
-    times = interleaved_times({"a": lambda: torch.ones(10), "b": lambda: torch.ones(20)}, repeats=3, warmup=1)
+    rounds = []
+    times = interleaved_times({"a": lambda: torch.ones(10), "b": lambda: torch.ones(20)}, repeats=3, warmup=1,
+                              on_round=lambda done, total: rounds.append((done, total)))
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert rounds == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert all(t >= 0 for v in times.values() for t in v)
 
     # 4 MiB held at once (two 2 MiB tensors alive together), then freed.
@@ -244,6 +247,7 @@ def test_model_zoo_table(tiny_config, tmp_path):
     assert rows[0]["ref_AP"] == 37.4 and rows[1]["ref_AP_3x"] == 40.2
     assert rows[0]["params_M"] == pytest.approx(37.9, abs=0.1)
     assert rows[2]["your_AP"] == 12.5
+    assert rows[2]["note"].endswith("on ?")  # the config names no test dataset: not plotted as COCO AP
     assert all(r["gflops"] > 0 and r["latency_ms"] > 0 for r in rows)
     assert len(read_csv(out / "model_zoo.csv")) == 3
     assert (out / "ap_vs_gflops.png").stat().st_size > 0

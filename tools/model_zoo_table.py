@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -249,7 +250,8 @@ def config_rows(
             ap, directory = find_ap(config_file, cfg, args.results_root, explicit)
             if ap is not None:
                 row["your_AP"] = ap
-                row["note"] = f"AP from {directory}"
+                row["eval_dataset"] = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "?"
+                row["note"] = f"AP from {directory}, on {row['eval_dataset']}"
         match = re.search(r"EfficientDet-D(\d)", name)
         if match:
             ap, params, gflops, _ = EFFICIENTDET_PAPER[int(match.group(1))]
@@ -260,7 +262,8 @@ def config_rows(
 
 def plot(rows: List[Dict[str, Any]], path: str) -> str:
     """AP against GFLOPs: EfficientDet's published curve, Detectron2's published APs at
-    our measured GFLOPs, and our configs' own APs where a training run was found."""
+    our measured GFLOPs, and our configs' own APs where a training run evaluated on COCO
+    was found (an AP on another dataset is printed, not plotted)."""
     nan = float("nan")
     groups = {
         "EfficientDet paper (D0-D7, its own GFLOPs)": [
@@ -271,12 +274,17 @@ def plot(rows: List[Dict[str, Any]], path: str) -> str:
             for r in rows
             if "ref_AP_3x" in r
         ],
-        "bifpn_d2 configs (your AP, GFLOPs measured here)": [
+        "bifpn_d2 configs (your COCO AP, GFLOPs measured here)": [
             (f"{r['model']} @{r.get('input', '?')}", r.get("gflops", nan), r["your_AP"])
             for r in rows
-            if "your_AP" in r
+            if "your_AP" in r and r["eval_dataset"].startswith("coco")
         ],
     }
+    # An AP on another dataset (e.g. the built-in synthetic one) is not comparable with COCO AP.
+    for r in rows:
+        if "your_AP" in r and not r["eval_dataset"].startswith("coco"):
+            where = f"on {r['eval_dataset']}, not COCO"
+            print(f"{r['model']}: AP {r['your_AP']:.1f} left out of the plot ({where})")
     return plot_scatter(
         groups,
         "GFLOPs (multiply-adds, one image)",
@@ -299,7 +307,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     rows += config_rows(args, device, runners)
     if args.repeats > 0 and runners:
         print(f"timing {len(runners)} models, interleaved ...", flush=True)
-        times = interleaved_times(runners, args.repeats, args.warmup, device)
+        start = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / done * (total - done)
+            print(f"  round {done}/{total} ({args.warmup} warmup), eta {eta / 60:.1f} min", flush=True)
+
+        times = interleaved_times(runners, args.repeats, args.warmup, device, on_round=progress)
         for row in rows:
             if row["config"] in times:
                 row["latency_ms"] = 1000 * median(times[row["config"]])
