@@ -23,6 +23,12 @@ from bifpn_d2.modeling import builders
 # Every builder this project registers, and the pyramid ones (all but the bare EfficientNet).
 BUILDERS: List[str] = list(builders.__all__)
 PYRAMID_BUILDERS: List[str] = [b for b in BUILDERS if b != "build_efficientnet_backbone"]
+# For the slow checks (export): every ResNet builder, and EfficientNet under each neck and
+# each pyramid flavour once (the EfficientNet bottom-up costs most of the time).
+EXPORT_BUILDERS: List[str] = [b for b in PYRAMID_BUILDERS if "resnet" in b] + [
+    "build_efficientnet_bifpn_backbone",
+    "build_retinanet_efficientnet_weighted_fpn_backbone",
+]
 WIDTH = 16
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 from _tiny_models import (
-    BUILDERS,
+    EXPORT_BUILDERS,
     build_tiny_backbone,
     build_tiny_detector,
     image,
@@ -49,7 +49,7 @@ def _coarsest_level(backbone) -> int:
     return max(s.stride for s in backbone.output_shape().values()).bit_length() - 1
 
 
-@pytest.mark.parametrize("builder", BUILDERS)
+@pytest.mark.parametrize("builder", EXPORT_BUILDERS)
 def test_backbone_scripting(builder):
     backbone = build_tiny_backbone(builder)
     scripted = torch.jit.script(backbone)
@@ -58,7 +58,7 @@ def test_backbone_scripting(builder):
             assert _max_diff(backbone(x), scripted(x)) <= TOL
 
 
-@pytest.mark.parametrize("builder", BUILDERS)
+@pytest.mark.parametrize("builder", EXPORT_BUILDERS)
 def test_backbone_torch_export_dynamic(builder):
     """Batch, height and width are dynamic. Every level must be at least 2 pixels (a size
     of 1 broadcasts, which torch.export cannot leave symbolic): H, W >= 2**L + 1 for the
