@@ -31,7 +31,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from bifpn_d2 import BiFPN, FrozenFusion, PyramidCell, WeightedFPN
-from bifpn_d2.benchmark import load_config, write_csv
+from bifpn_d2.benchmark import load_config, save_figure, write_csv
 
 # One panel: (title, [(node label, [(source label, weight), ...]), ...]).
 Panel = Tuple[str, List[Tuple[str, List[Tuple[str, float]]]]]
@@ -134,10 +134,7 @@ def plot(panels: List[Panel], path: str, title: str) -> str:
     fig.legend(handles=handles, fontsize=7, loc="upper right", ncol=len(handles))
     fig.suptitle(title, x=0.02, ha="left", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -21,7 +21,16 @@ from .models import (
     parse_size,
     training_step,
 )
-from .report import format_value, markdown_table, plot_bars, plot_lines, plot_scatter, write_csv, write_text
+from .report import (
+    format_value,
+    markdown_table,
+    plot_bars,
+    plot_lines,
+    plot_scatter,
+    save_figure,
+    write_csv,
+    write_text,
+)
 
 __all__ = [
     "COMPONENTS",
@@ -38,6 +47,7 @@ __all__ = [
     "markdown_table",
     "median",
     "parse_size",
+    "save_figure",
     "peak_memory_bytes",
     "plot_bars",
     "plot_lines",

@@ -16,6 +16,7 @@ __all__ = [
     "plot_bars",
     "plot_lines",
     "plot_scatter",
+    "save_figure",
     "write_csv",
     "write_text",
 ]
@@ -80,6 +81,14 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
+    """Write ``fig`` to ``path`` (creating its folder) and release it. Returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_bars(
     categories: Sequence[str],
     series: Dict[str, Sequence[float]],
@@ -106,10 +115,7 @@ def plot_bars(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_lines(
@@ -148,10 +154,7 @@ def plot_lines(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_scatter(
@@ -186,7 +189,4 @@ def plot_scatter(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
