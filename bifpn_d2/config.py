@@ -45,6 +45,10 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.BIFPN.NORM_MOMENTUM = 0.01
     cfg.MODEL.BIFPN.SAME_PADDING = False  # TF "SAME" max-pool padding, for tf_ checkpoints
     cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = False  # redundant conv biases of TF EfficientDet
+    # Levels above the last input: "efficientdet" (1x1 conv + norm + max-pools) or
+    # "p6p7_c5" (RetinaNet's strided 3x3 convs from the last input, learned).
+    cfg.MODEL.BIFPN.TOP_BLOCK = "efficientdet"
+    cfg.MODEL.BIFPN.CONV_INIT = "xavier_uniform"  # cell convs: | "c2_xavier" (Detectron2's FPN)
 
     # --- MODEL.EFFICIENTNET: the timm EfficientNet bottom-up network. Its outputs are
     # named c1..c5 (stride 2..32); point MODEL.FPN.IN_FEATURES at them, e.g. [c3, c4, c5].

@@ -6,7 +6,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-from bifpn_d2 import BiFPN, EfficientNetBackbone
+from bifpn_d2 import BiFPN, ConvP6P7TopBlock, EfficientNetBackbone
+from bifpn_d2.modeling.bifpn import CONV_INITS
 from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS
 
 
@@ -59,6 +60,23 @@ def test_fusions(fusion):
 @pytest.mark.parametrize("same_padding", [True, False])
 def test_graphs_and_convs(graph, separable_conv, same_padding):
     _train_step(graph=graph, separable_conv=separable_conv, same_padding=same_padding)
+
+
+@pytest.mark.parametrize("conv_init", CONV_INITS)
+def test_conv_inits(conv_init):
+    _train_step(conv_init=conv_init)
+
+
+def test_conv_top_block_makes_p6_p7_from_c5():
+    """RetinaNet's learned P6/P7 in place of EfficientDet's max-pools: odd sizes, gradients
+    everywhere (checked by _train_step), and the convs read c5."""
+    model = _train_step(top_block=ConvP6P7TopBlock(24, 16, "c5"))
+    assert model.max_level == 7 and model.top_block.p6.in_channels == 24
+
+
+def test_top_block_must_agree_with_max_level():
+    with pytest.raises(ValueError, match="max_level=6 disagrees with the top block, which ends at P7"):
+        BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 1, max_level=6, top_block=ConvP6P7TopBlock(24, 16, "c5"))
 
 
 def test_first_cell_projects_each_edge_separately():

@@ -9,10 +9,29 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 
+BIFPN_VARIANTS = [  # options that change what the BiFPN builder makes
+    ("build_retinanet_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),
+    ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),  # one conv level: P6
+    ("build_retinanet_resnet_bifpn_backbone", {"CONV_INIT": "c2_xavier"}),
+]
+
+
 @pytest.mark.parametrize("name", BUILDER_NAMES)
 def test_builder_shapes_and_gradients(name):
-    torch.manual_seed(0)
+    check_builder(name, small_cfg(name))
+
+
+@pytest.mark.parametrize("name,options", BIFPN_VARIANTS, ids=[f"{n}-{o}" for n, o in BIFPN_VARIANTS])
+def test_bifpn_variants_shapes_and_gradients(name, options):
     cfg = small_cfg(name)
+    cfg.MODEL.BIFPN.merge_from_list([x for item in options.items() for x in item])
+    check_builder(name, cfg)
+
+
+def check_builder(name, cfg):
+    """Names, strides and channels of the outputs; exact sizes at two odd input sizes;
+    a gradient for every trainable parameter."""
+    torch.manual_seed(0)
     backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=3))
     levels = range(3, 8) if "retinanet" in name else range(2, 7)
     expected = [f"p{level}" for level in levels]

@@ -8,6 +8,7 @@ contiguous range of levels works.
 import math
 from typing import Dict, List, Optional
 
+import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.modeling.backbone import Backbone
 from torch import nn
@@ -16,7 +17,9 @@ from .pyramid_cell import PyramidCell
 from .pyramid_graph import build_graph
 from .top_blocks import EfficientDetTopBlock
 
-__all__ = ["BiFPN", "pyramid_levels"]
+__all__ = ["BiFPN", "CONV_INITS", "pyramid_levels"]
+
+CONV_INITS = ("xavier_uniform", "c2_xavier")
 
 
 def pyramid_levels(bottom_up: Backbone, in_features: List[str]) -> List[int]:
@@ -56,7 +59,8 @@ class BiFPN(Backbone):
         in_features: List[str],
         out_channels: int,
         num_cells: int,
-        max_level: int,
+        max_level: Optional[int] = None,
+        top_block: Optional[nn.Module] = None,
         graph: str = "bifpn",
         fusion: str = "fast_normalized",
         fusion_eps: float = 1e-4,
@@ -68,6 +72,7 @@ class BiFPN(Backbone):
         same_padding: bool = False,
         bias_before_norm: bool = False,
         size_divisibility: int = 0,
+        conv_init: str = "xavier_uniform",
     ):
         """
         Args:
@@ -76,8 +81,12 @@ class BiFPN(Backbone):
                 strides (e.g. ``["res3", "res4", "res5"]``).
             out_channels: width W of every pyramid level.
             num_cells: how many times the cell is repeated (depth D).
-            max_level: the coarsest output level; levels above the last input are made by
-                an :class:`EfficientDetTopBlock` from it.
+            max_level: the coarsest output level. Without ``top_block``, the levels above
+                the last input are made from it by an :class:`EfficientDetTopBlock`.
+            top_block: makes the levels above the last input instead (Detectron2's protocol:
+                ``in_feature`` names a bottom-up output, ``num_levels`` how many levels it
+                adds, e.g. :class:`ConvP6P7TopBlock` from ``"res5"``); it must output
+                ``out_channels`` channels. ``max_level``, if given, must agree with it.
             graph: ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
             fusion, fusion_eps, activation, separable_conv, norm, norm_eps, norm_momentum,
                 same_padding, bias_before_norm: see :class:`PyramidCell`.
@@ -85,6 +94,9 @@ class BiFPN(Backbone):
                 BiFPN needs no padding (0); heads that upsample by fixed factors and add
                 levels together, such as ``SemSegFPNHead``, need ``2**max_level`` of what
                 they read (32 for P2-P5).
+            conv_init: initialisation of the cells' convs: ``"xavier_uniform"`` (Glorot
+                uniform, EfficientDet's) or ``"c2_xavier"`` (uniform with variance
+                1 / fan-in, Detectron2's FPN); biases are zero either way.
         """
         super().__init__()
         if out_channels < 1 or num_cells < 1:
@@ -92,8 +104,17 @@ class BiFPN(Backbone):
         if size_divisibility < 0:
             raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
         self._size_divisibility = size_divisibility
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"conv_init {conv_init!r} is not one of {list(CONV_INITS)}")
         levels = pyramid_levels(bottom_up, in_features)
         min_level, last_input_level = levels[0], levels[-1]
+        if top_block is not None:
+            implied = last_input_level + top_block.num_levels
+            if max_level is not None and max_level != implied:
+                raise ValueError(f"max_level={max_level} disagrees with the top block, which ends at P{implied}")
+            max_level = implied
+        if max_level is None:
+            raise ValueError("give max_level or a top_block")
         if max_level < last_input_level:
             raise ValueError(f"max_level={max_level} is below the last input level {last_input_level}")
         if max_level - min_level + 1 < 3:
@@ -105,13 +126,18 @@ class BiFPN(Backbone):
 
         norm_args = dict(norm=norm, norm_eps=norm_eps, norm_momentum=norm_momentum,
                          same_padding=same_padding, bias_before_norm=bias_before_norm)
-        self.top_block: Optional[EfficientDetTopBlock] = None
         num_extra = max_level - last_input_level
-        if num_extra > 0:
-            self.top_block = EfficientDetTopBlock(
+        if top_block is None and num_extra > 0:
+            top_block = EfficientDetTopBlock(
                 in_channels[-1], out_channels, num_extra, in_features[-1], **norm_args
             )
-            in_channels += [out_channels] * num_extra
+        if top_block is not None and top_block.in_feature not in in_shapes:
+            raise ValueError(
+                f"the top block reads {top_block.in_feature!r}, which the bottom-up network does not "
+                f"produce ({list(in_shapes)})"
+            )
+        self.top_block = top_block
+        in_channels += [out_channels] * num_extra
 
         nodes = build_graph(graph, min_level, max_level)
         self.cells = nn.ModuleList()
@@ -121,7 +147,7 @@ class BiFPN(Backbone):
                             activation, separable_conv, **norm_args)
             )
             in_channels = [out_channels] * len(in_channels)
-        self._init_weights()
+        self._init_weights(conv_init)
 
         self.min_level, self.max_level = min_level, max_level
         self._out_features = [f"p{level}" for level in range(min_level, max_level + 1)]
@@ -130,17 +156,17 @@ class BiFPN(Backbone):
             f"p{level}": 2**level for level in range(min_level, max_level + 1)
         }
 
-    def _init_weights(self) -> None:
-        """Xavier-uniform convs with zero bias (as EfficientDet); norms and fusion weights
-        keep their 1/0 and 1 initialisation."""
-        for module in [self.top_block, self.cells]:
-            if module is None:
-                continue
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
+    def _init_weights(self, conv_init: str) -> None:
+        """Convs of the cells per ``conv_init``, with zero bias; norms and fusion weights
+        keep their 1/0 and 1 initialisation. The top block initialises itself."""
+        for m in self.cells.modules():
+            if isinstance(m, nn.Conv2d):
+                if conv_init == "xavier_uniform":
                     nn.init.xavier_uniform_(m.weight)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+                else:
+                    weight_init.c2_xavier_fill(m)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @property
     def size_divisibility(self) -> int:
@@ -160,12 +186,16 @@ class BiFPN(Backbone):
         """
         bottom_up_features = self.bottom_up(x)
         features: List[torch.Tensor] = [bottom_up_features[name] for name in self.in_features]
-        if features[0].device.type == "cpu":
+        on_cpu = features[0].device.type == "cpu"
+        if on_cpu:
             # On CPU the depthwise convs, max-pools and resizes of the cells run several
             # times faster in channels-last layout (oneDNN kernels); same values up to rounding.
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         if self.top_block is not None:
-            features = features + self.top_block(features[-1])
+            source = bottom_up_features[self.top_block.in_feature]
+            if on_cpu:
+                source = source.contiguous(memory_format=torch.channels_last)
+            features = features + self.top_block(source)
         for cell in self.cells:
             features = cell(features)
         outputs: Dict[str, torch.Tensor] = {}

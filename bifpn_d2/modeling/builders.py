@@ -15,7 +15,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resn
 
 from ..config import check_choice, check_non_negative, check_positive
 from ..layers import ACTIVATIONS, FUSION_METHODS, NORMS
-from .bifpn import BiFPN, pyramid_levels
+from .bifpn import CONV_INITS, BiFPN, pyramid_levels
 from .efficientnet import EFFICIENTNET_NAMES, EFFICIENTNET_NORMS, EfficientNetBackbone
 from .fpn import WeightedFPN
 from .pyramid_graph import GRAPHS
@@ -35,6 +35,8 @@ __all__ = [
 
 # Per flavour: number of levels added above the last input, and the FPN top block.
 _FLAVOURS = {"rcnn": (1, "maxpool"), "retinanet": (2, "p6p7_c5")}
+# MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5.
+BIFPN_TOP_BLOCKS = ("efficientdet", "p6p7_c5")
 # MODEL.FPN.NORM goes to Detectron2's get_norm (lateral and output convs), which knows these.
 _D2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
 
@@ -84,6 +86,8 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
     if levels[0] < 2:
         raise ValueError(f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)} start at P{levels[0]}; "
                          "BiFPN levels lie within P2-P8")
+    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, BIFPN_TOP_BLOCKS)
+    check_choice("MODEL.BIFPN.CONV_INIT", bc.CONV_INIT, CONV_INITS)
     max_level = bc.MAX_LEVEL or levels[-1] + _FLAVOURS[flavour][0]
     allowed = list(range(max(levels[-1], levels[0] + 2), 9))
     if max_level not in allowed:
@@ -92,12 +96,22 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
             f"{list(cfg.MODEL.FPN.IN_FEATURES)}; a BiFPN needs at least 3 levels within P2-P8: "
             f"allowed values: {[0] + allowed} (0 = P{levels[-1] + _FLAVOURS[flavour][0]})"
         )
+    num_extra = max_level - levels[-1]
+    top_block = None  # the BiFPN's default: EfficientDet's max-pool levels
+    if bc.TOP_BLOCK == "p6p7_c5" and num_extra > 0:
+        if num_extra > 2:
+            raise ValueError(f"MODEL.BIFPN.TOP_BLOCK='p6p7_c5' makes at most 2 levels above the last input, "
+                             f"MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; use 'efficientdet' for more")
+        last_input = cfg.MODEL.FPN.IN_FEATURES[-1]
+        top_block = ConvP6P7TopBlock(bottom_up.output_shape()[last_input].channels, bc.OUT_CHANNELS,
+                                     last_input, num_extra)
     return BiFPN(
         bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=bc.OUT_CHANNELS,
         num_cells=bc.NUM_CELLS,
         max_level=max_level,
+        top_block=top_block,
         graph=bc.GRAPH,
         fusion=bc.FUSION,
         fusion_eps=bc.FUSION_EPS,
@@ -109,6 +123,7 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
         same_padding=bc.SAME_PADDING,
         bias_before_norm=bc.BIAS_BEFORE_NORM,
         size_divisibility=cfg.MODEL.FPN.SIZE_DIVISIBILITY,
+        conv_init=bc.CONV_INIT,
     )
 
 

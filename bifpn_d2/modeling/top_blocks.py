@@ -13,7 +13,7 @@ Each block follows Detectron2's protocol: ``in_feature`` names the map it starts
 ``efficientdet``       P6 = max-pool(norm(conv1x1(C5))), P7 = max-pool(P6), ...    EfficientDet
 =====================  ==========================================================  =========
 """
-from typing import List
+from typing import List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -40,26 +40,30 @@ class MaxPoolTopBlock(nn.Module):
 
 
 class ConvP6P7TopBlock(nn.Module):
-    """P6 and P7 by strided 3x3 convs (RetinaNet from C5, FCOS from P5).
+    """P6 (and P7) by strided 3x3 convs (RetinaNet from C5, FCOS from P5).
 
     Parameter names (``p6``, ``p7``) equal Detectron2's ``LastLevelP6P7``, so its
     checkpoints load. ``(N, in_channels, H, W) -> [(N, C, H/2, W/2), (N, C, H/4, W/4)]``
-    (sizes rounded up).
+    (sizes rounded up); with ``num_levels=1`` only the first (an R-CNN pyramid's P6).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5"):
+    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5", num_levels: int = 2):
         super().__init__()
-        self.num_levels = 2
+        if num_levels not in (1, 2):
+            raise ValueError(f"ConvP6P7TopBlock makes 1 or 2 levels (P6, P7), got num_levels={num_levels}")
+        self.num_levels = num_levels
         self.in_feature = in_feature
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
-        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        self.p7: Optional[nn.Module] = nn.Conv2d(out_channels, out_channels, 3, 2, 1) if num_levels == 2 else None
         for module in (self.p6, self.p7):
-            weight_init.c2_xavier_fill(module)
+            if module is not None:
+                weight_init.c2_xavier_fill(module)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         p6 = self.p6(x)
-        p7 = self.p7(F.relu(p6))
-        return [p6, p7]
+        if self.p7 is None:
+            return [p6]
+        return [p6, self.p7(F.relu(p6))]
 
 
 class EfficientDetTopBlock(nn.Module):
@@ -99,6 +103,11 @@ class EfficientDetTopBlock(nn.Module):
             )
             for i in range(num_levels)
         )
+        for m in self.modules():  # EfficientDet's init: Glorot-uniform convs, zero bias
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         outputs: List[torch.Tensor] = []
