@@ -8,12 +8,12 @@ from typing import Dict
 import torch
 from torch import nn
 
-__all__ = ["read_state_dict", "load_backbone_weights"]
+__all__ = ["HEAD_PREFIXES", "read_state_dict", "load_backbone_weights"]
 
 # Keys under which training frameworks nest the weights (timm, Detectron2, effdet, ...).
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 # Classification-head parameters of a timm EfficientNet, unused by a detection backbone.
-_HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
+HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -36,7 +36,13 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt archives
-        raise ValueError(f"weight file {path!r} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+        # Not torch's own text: it spans many lines and suggests weights_only=False, which
+        # would run arbitrary code from an unknown file.
+        raise ValueError(
+            f"weight file {path!r} is not a readable checkpoint ({type(e).__name__}): it is truncated, "
+            "corrupt, not a PyTorch/safetensors file, or holds objects other than tensors (which are "
+            "not loaded, for safety)"
+        ) from None
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -53,7 +59,7 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
         ValueError: keys the model needs are missing, or shapes differ (e.g. weights of
             another EfficientNet size); the message lists them.
     """
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(_HEAD_PREFIXES)}
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(HEAD_PREFIXES)}
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)

@@ -1,7 +1,9 @@
-"""Checkpoints: exact save/load round trips, and tools/convert_weights.py on timm,
+"""Checkpoints: exact save/load round trips, and the weight conversion of
+:mod:`bifpn_d2.convert` (and its command line, tools/convert_weights.py) on timm,
 torchvision and effdet checkpoints that the tests create (random weights)."""
-import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -13,19 +15,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from effdet import create_model
 
+from bifpn_d2.convert import convert_effdet_file, convert_efficientnet_file
 from bifpn_d2.export import raw_inference
 from bifpn_d2.modeling import build_efficientnet_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUND_TRIP = ["build_retinanet_resnet_bifpn_backbone", "build_resnet_weighted_fpn_backbone"]
-
-
-def _convert_tool():
-    path = os.path.join(ROOT, "tools", "convert_weights.py")
-    spec = importlib.util.spec_from_file_location("convert_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _randomize_norms(model: torch.nn.Module) -> None:
@@ -95,9 +90,7 @@ def test_convert_timm_efficientnet(tmp_path):
     source = timm.create_model("efficientnet_b0", pretrained=False).eval()
     _randomize_norms(source)
     torch.save({"state_dict": source.state_dict()}, tmp_path / "timm_b0.pth")
-    tool = _convert_tool()
-
-    report = tool.main(["efficientnet", str(tmp_path / "timm_b0.pth"), str(tmp_path / "ours.pth")])
+    report = convert_efficientnet_file(str(tmp_path / "timm_b0.pth"), str(tmp_path / "ours.pth"))
     assert report.missing == [] and report.unexpected == []
     ours = _our_efficientnet(str(tmp_path / "ours.pth"))
     x = torch.randn(1, 3, 96, 128)
@@ -105,7 +98,7 @@ def test_convert_timm_efficientnet(tmp_path):
         torch.testing.assert_close(ours(x)["c5"], _stride32_body(source, x), rtol=0, atol=1e-6)
 
     # The same weights as a Detectron2 checkpoint of a whole EfficientNet-BiFPN detector.
-    tool.main(["efficientnet", str(tmp_path / "timm_b0.pth"), str(tmp_path / "d2.pth"), "--to", "detectron2"])
+    convert_efficientnet_file(str(tmp_path / "timm_b0.pth"), str(tmp_path / "d2.pth"), to="detectron2")
     detector = build_model(tiny_cfg("build_retinanet_efficientnet_bifpn_backbone")).eval()
     DetectionCheckpointer(detector).load(str(tmp_path / "d2.pth"))
     body = detector.backbone.bottom_up.body
@@ -119,7 +112,7 @@ def test_convert_torchvision_efficientnet(tmp_path):
     source = torchvision.models.efficientnet_b0().eval()
     _randomize_norms(source)
     torch.save(source.state_dict(), tmp_path / "tv_b0.pth")
-    report = _convert_tool().main(["efficientnet", str(tmp_path / "tv_b0.pth"), str(tmp_path / "ours.pth")])
+    report = convert_efficientnet_file(str(tmp_path / "tv_b0.pth"), str(tmp_path / "ours.pth"))
     assert report.missing == [] and report.unexpected == []
     ours = _our_efficientnet(str(tmp_path / "ours.pth"))
     x = torch.randn(1, 3, 96, 128)
@@ -132,11 +125,26 @@ def test_convert_torchvision_efficientnet(tmp_path):
 def test_convert_efficientnet_rejects_other_sizes(tmp_path):
     torch.save(torchvision.models.efficientnet_b0().state_dict(), tmp_path / "tv_b0.pth")
     with pytest.raises(ValueError, match="efficientnet_b1 has 508"):
-        _convert_tool().main(["efficientnet", str(tmp_path / "tv_b0.pth"), str(tmp_path / "x.pth"),
-                              "--model", "efficientnet_b1"])
+        convert_efficientnet_file(str(tmp_path / "tv_b0.pth"), str(tmp_path / "x.pth"), "efficientnet_b1")
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "resnet.pth")
     with pytest.raises(ValueError, match="neither timm"):
-        _convert_tool().main(["efficientnet", str(tmp_path / "resnet.pth"), str(tmp_path / "x.pth")])
+        convert_efficientnet_file(str(tmp_path / "resnet.pth"), str(tmp_path / "x.pth"))
+
+
+def test_convert_weights_command_line(tmp_path):
+    """The script parses its subcommands, writes the file, and reports a bad file in one
+    line with exit status 2."""
+    source = timm.create_model("efficientnet_b0", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "b0.pth")
+    tool = [sys.executable, os.path.join(ROOT, "tools", "convert_weights.py"), "efficientnet"]
+    done = subprocess.run([*tool, str(tmp_path / "b0.pth"), str(tmp_path / "out.pth")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no missing keys" in done.stdout + done.stderr and (tmp_path / "out.pth").is_file()
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    failed = subprocess.run([*tool, str(tmp_path / "broken.pth"), str(tmp_path / "x.pth")],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "is not a readable checkpoint" in failed.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("tf_port", [False, True], ids=["efficientdet_d0", "tf_efficientdet_d0"])
@@ -159,9 +167,8 @@ def test_convert_effdet(tf_port, tmp_path):
     cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.NUM_CELLS = 64, 3
     cfg.MODEL.BIFPN.SAME_PADDING = cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = tf_port
     (tmp_path / "d0.yaml").write_text(cfg.dump())
-    config = ["--config-file", str(tmp_path / "d0.yaml")]
     files = [str(tmp_path / "effdet_d0.pth"), str(tmp_path / "d2.pth")]
-    report = _convert_tool().main(["effdet", *config, *files, "MODEL.DEVICE", "cpu"])
+    report = convert_effdet_file(*files, str(tmp_path / "d0.yaml"), ["MODEL.DEVICE", "cpu"])
     assert report.missing == []
     assert report.unexpected and all(k.startswith(("class_net.", "box_net.")) for k in report.unexpected)
 

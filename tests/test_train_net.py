@@ -1,4 +1,5 @@
-"""tools/train_net.py, tools/lazy_train_net.py and tools/main_job.py end to end on the tiny
+"""tools/train_net.py, tools/lazy_train_net.py, tools/main_job.py and tools/neck_study.py end
+to end on the tiny
 synthetic dataset (16 / 8 images of 128 px): training, evaluation, resuming, evaluating a
 checkpoint, and the one-line errors for mistakes a user makes."""
 
@@ -13,15 +14,30 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import lazy_train_net  # noqa: E402
-import train_net  # noqa: E402
-from main_job import QUICK_OVERRIDES, as_opts  # noqa: E402
+from bifpn_d2.engine import (
+    AtomicCheckpointer,
+    ConfigError,
+    build_parser,
+    lazy_preflight,
+    load_config,
+    preflight,
+    run_cli,
+)
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/synthetic/RetinaNet-R18-BiFPN.yaml")
 BASE_LR = 0.01
-TINY = as_opts({**QUICK_OVERRIDES, "SOLVER.BASE_LR": str(BASE_LR), "SOLVER.CHECKPOINT_PERIOD": "2"})
+# The tiny dataset (16 / 8 images of 128 px), checkpoints every 2 iterations.
+TINY = [
+    "DATASETS.TRAIN", "('synthetic_shapes_tiny_train',)", "DATASETS.TEST", "('synthetic_shapes_tiny_val',)",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2",
+    "DATALOADER.NUM_WORKERS", "0", "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.CHECKPOINT_PERIOD", "2",
+]
+
+
+def not_reached(args):
+    raise AssertionError("the command should have been refused before launching")
 TIMEOUT = 300
 
 
@@ -139,19 +155,19 @@ def test_refuses_to_train_over_checkpoints(trained, capsys):
     saved = digests(output_dir)
     argv = ["--config-file", CONFIG, "OUTPUT_DIR", str(output_dir), *TINY]
     with pytest.raises(SystemExit) as exit_info:
-        train_net.cli(argv)
+        run_cli(argv, preflight, not_reached)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert "already holds checkpoints" in message and "--resume" in message and "--overwrite" in message
     assert digests(output_dir) == saved
-    train_net.preflight(train_net.build_parser().parse_args(["--overwrite", *argv]))  # explicit override
+    preflight(build_parser().parse_args(["--overwrite", *argv]))  # explicit override
 
 
 def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(SystemExit) as exit_info:
-        train_net.cli(["--config-file", CONFIG, "OUTPUT_DIR", str(blocker / "out")])
+        run_cli(["--config-file", CONFIG, "OUTPUT_DIR", str(blocker / "out")], preflight, not_reached)
     assert exit_info.value.code == 2
     assert f"OUTPUT_DIR '{blocker / 'out'}' is not writable" in capsys.readouterr().err
 
@@ -183,7 +199,8 @@ def test_unknown_key_is_one_line_naming_the_key(tmp_path, env):
 )
 def test_bad_values_are_reported(tmp_path, capsys, opts, expected):
     with pytest.raises(SystemExit) as exit_info:
-        train_net.cli(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), *TINY, *opts])
+        run_cli(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), *TINY, *opts], preflight,
+                not_reached)
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
 
@@ -191,14 +208,12 @@ def test_bad_values_are_reported(tmp_path, capsys, opts, expected):
 def test_unknown_key_in_yaml_names_the_file(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  BIFPN:\n    OUT_CHANNEL: 64\n')
-    with pytest.raises(
-        train_net.ConfigError, match=f"unknown config key MODEL.BIFPN.OUT_CHANNEL in {config}"
-    ):
-        train_net.load_config(str(config))
+    with pytest.raises(ConfigError, match=f"unknown config key MODEL.BIFPN.OUT_CHANNEL in {config}"):
+        load_config(str(config))
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    checkpointer = train_net.AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
     checkpointer.save("model_final")
     saved = digests(tmp_path)
 
@@ -243,9 +258,8 @@ def test_lazy_train_net_trains_and_evaluates(tmp_path, env):
 
 def test_lazy_unknown_key(capsys):
     with pytest.raises(SystemExit):
-        lazy_train_net.cli(
-            ["--config-file", str(ROOT / "configs/lazy/EfficientDet-D0.py"), "train.max_iters=5"]
-        )
+        run_cli(["--config-file", str(ROOT / "configs/lazy/EfficientDet-D0.py"), "train.max_iters=5"],
+                lazy_preflight, not_reached)
     assert "unknown config key train.max_iters" in capsys.readouterr().err
 
 
@@ -259,3 +273,29 @@ def test_main_job_quick(tmp_path, env):
     assert [row.split(",")[0] for row in rows] == ["model", "FPN", "BiFPN"]
     assert (output_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[FPN]" in result.stdout and "eta:" in result.stdout  # live progress
+
+
+def test_neck_study_quick(tmp_path, env):
+    """Arms by name and group, two seeds each, side by side: the table, its CSV and the
+    plots (fusion weights need the fast normalized and softmax arms); a second call reuses
+    every finished run."""
+    output_dir = tmp_path / "study"
+    args = ["--quick", "--arms", "reference", "fusion_softmax", "--seeds", "0", "1", "--jobs", "2",
+            "--output-dir", str(output_dir)]
+    result = run_tool("neck_study.py", args, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_csv_rows(output_dir / "neck_study.csv")
+    assert [r["model"] for r in rows] == ["fpn", "bifpn_before", "fusion_softmax"]
+    assert all(r["seeds"] == "0 1" and float(r["GFLOPs"]) > 0 for r in rows)
+    for name in ("neck_study.png", "neck_study_fusion.png"):
+        assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (output_dir / "fpn" / "seed1" / "metrics.json").is_file()
+    again = run_tool("neck_study.py", args, env)
+    assert again.returncode == 0 and again.stdout.count("done before, reusing") == 6
+
+
+def read_csv_rows(path: Path) -> list:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -14,70 +14,25 @@ The config provides ``model``, ``dataloader.{train,test,evaluator}``, ``optimize
 atomic checkpoints and one-line errors are those of ``tools/train_net.py``.
 """
 
-import os
 from typing import Any, Dict, List, Optional
 
-import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from train_net import (
-    LAST_CHECKPOINT,
+from omegaconf import DictConfig
+
+from bifpn_d2.data import ensure_generated
+from bifpn_d2.engine import (
     AtomicCheckpointer,
-    ConfigError,
-    check_output_dir,
-    checkpoints_in,
     forget_previous_run,
+    lazy_preflight,
+    load_lazy_config,
     log_period,
     run_cli,
     wants_overwrite,
 )
-
-from bifpn_d2.data import ensure_generated
-
-__all__ = ["load_lazy_config", "do_test", "do_train", "main"]
-
-
-def _check_override_keys(cfg: DictConfig, overrides: List[str]) -> None:
-    """Refuse ``key=value`` overrides whose key does not exist, except a new argument of a
-    ``LazyCall`` (its parent has ``_target_``), which instantiation will check."""
-    missing = object()
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if OmegaConf.select(cfg, key, default=missing) is not missing:
-            continue
-        parent_key = key.rpartition(".")[0]
-        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-        if not (isinstance(parent, DictConfig) and "_target_" in parent):
-            raise ConfigError(f"unknown config key {key} on the command line")
-
-
-def load_lazy_config(config_file: str, overrides: List[str]) -> DictConfig:
-    """Load ``config_file`` and apply ``path.key=value`` ``overrides``.
-
-    Raises:
-        ConfigError: missing or broken file, unknown key, malformed override.
-    """
-    if not config_file:
-        raise ConfigError("--config-file is required")
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"config file {config_file!r} does not exist")
-    try:
-        cfg = LazyConfig.load(config_file)
-    except (SyntaxError, ImportError, KeyError, ValueError, OmegaConfBaseException) as e:
-        raise ConfigError(f"cannot load {config_file}: {type(e).__name__}: {e}") from None
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must be path.key=value, got {bad}")
-    _check_override_keys(cfg, overrides)
-    try:
-        return LazyConfig.apply_overrides(cfg, overrides)
-    except Exception as e:  # hydra's parser raises its own exception types
-        raise ConfigError(f"bad override on the command line: {e}") from None
 
 
 def _test_dataset_names(cfg: DictConfig) -> List[str]:
@@ -151,28 +106,5 @@ def main(args) -> Optional[Dict[str, Any]]:
     return do_train(cfg, resume=args.resume)
 
 
-def preflight(args) -> None:
-    """Config, device, output directory and weights checks, before any worker starts."""
-    cfg = load_lazy_config(args.config_file, args.opts)
-    device = str(cfg.train.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {device!r} but no CUDA GPU is available; add `train.device=cpu`")
-    output_dir = cfg.train.output_dir
-    check_output_dir(
-        output_dir, fresh_training=not (args.resume or args.eval_only), overwrite=wants_overwrite(args)
-    )
-    has_last = LAST_CHECKPOINT in checkpoints_in(output_dir)
-    if args.eval_only and not cfg.train.init_checkpoint and not (args.resume and has_last):
-        raise ConfigError(
-            "--eval-only needs weights: pass train.init_checkpoint=path/to/model.pth, or --resume "
-            f"to evaluate the last checkpoint in train.output_dir {output_dir!r} (there is none)"
-        )
-
-
-def cli(argv: Optional[List[str]] = None) -> None:
-    """Parse, check, then launch :func:`main` on every process."""
-    run_cli(argv, preflight, main)
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(None, lazy_preflight, main, epilog=__doc__)

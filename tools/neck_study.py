@@ -19,6 +19,7 @@ The output directory (default ``output/neck_study``) receives ``neck_study.md`` 
 and ``neck_study_fusion.png`` (normalised fusion weights over training, fast normalized
 against softmax: EfficientDet's Figure 6), and each run's Detectron2 output directory.
 """
+
 import argparse
 import os
 import sys
@@ -27,14 +28,25 @@ from pathlib import Path
 from bifpn_d2.data import ensure_generated
 from bifpn_d2.engine.comparison import ROOT, measure_cost, run_all, schedule_overrides
 from bifpn_d2.engine.config import ConfigError, load_config
-from bifpn_d2.engine.neck_study import ARMS, GROUPS, arm_runs, fusion_speed, summarize, write_report
+from bifpn_d2.engine.neck_study import ARMS, GROUPS, arm_runs, fusion_speed, summarize_arms, write_report
 
 QUICK_OPTS = [
-    "DATASETS.TRAIN", "('synthetic_shapes_tiny_train',)",
-    "DATASETS.TEST", "('synthetic_shapes_tiny_val',)",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+    "DATASETS.TRAIN",
+    "('synthetic_shapes_tiny_train',)",
+    "DATASETS.TEST",
+    "('synthetic_shapes_tiny_val',)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "DATALOADER.NUM_WORKERS",
+    "0",
 ]
 QUICK_ITERS = 2
 
@@ -44,7 +56,9 @@ def say(message: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arms", nargs="+", default=["all"], help="arm names or groups (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--iters", type=int, help="iterations of a 1x arm (default: the config's MAX_ITER)")
@@ -80,18 +94,18 @@ def main(argv=None) -> None:
     for name in reference.DATASETS.TRAIN + reference.DATASETS.TEST:
         ensure_generated(name)
     results = arm_runs(arms, args.seeds, output_dir, base_opts, schedule)
-    say(f"{len(arms)} arms x {len(args.seeds)} seeds, {args.jobs} at a time with {args.threads} thread(s) each")
+    say(f"{len(arms)} arms x {len(args.seeds)} seeds, {args.jobs} at a time, {args.threads} thread(s) each")
     run_all([run for _, run in results], args.jobs, args.threads, say)
 
     costs = {}
     for arm in arms:
         cfg = load_config(str(ROOT / arm.config), base_opts + arm.opts())
         costs[arm.name] = measure_cost(cfg)
-    rows = summarize(results, costs)
+    rows = summarize_arms(results, costs)
     speed = fusion_speed() if not args.quick else {}
     title = (
-        f"{reference.MODEL.META_ARCHITECTURE} R{reference.MODEL.RESNETS.DEPTH} on {reference.DATASETS.TEST[0]}, "
-        f"{iters} iterations (1x), seeds {', '.join(map(str, args.seeds))}"
+        f"{reference.MODEL.META_ARCHITECTURE} R{reference.MODEL.RESNETS.DEPTH} on "
+        f"{reference.DATASETS.TEST[0]}, {iters} iterations (1x), seeds {', '.join(map(str, args.seeds))}"
     )
     for path in write_report(rows, results, speed, output_dir, title):
         say(f"wrote {path}")

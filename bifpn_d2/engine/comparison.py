@@ -7,9 +7,11 @@ side on a multi-core machine and each leaves a complete Detectron2 output direct
 (``log.txt``, ``metrics.json``, ``config.yaml``). A finished run whose recorded command
 matches is reused instead of trained again; anything else in its directory is replaced.
 """
+
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ __all__ = [
     "read_metrics",
     "run_all",
     "schedule_overrides",
+    "summarize",
 ]
 
 # What the tables show of Detectron2's COCO evaluation: (column, metrics.json key), in %.
@@ -39,7 +42,7 @@ METRICS = [
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = ROOT / "tools" / "train_net.py"
-RECORD = "comparison_run.json"  # the command a run directory was trained with
+RECORD = "comparison_run.json"  # the recipe a run directory was trained with
 
 # Lines of the training script's output worth showing live; everything is in log.txt.
 _SHOWN = ("d2.utils.events", "Overall training speed", "copypaste: AP", "Error", "error:")
@@ -63,21 +66,29 @@ class Run:
     sec_per_iter: float = math.nan
     train_minutes: float = math.nan
 
-    def command(self, overwrite: bool) -> List[str]:
-        """The training command line (without the interpreter's environment)."""
-        command = [sys.executable, str(TRAIN_SCRIPT), "--config-file", self.config]
-        if overwrite:
-            command.append("--overwrite")
-        return command + ["OUTPUT_DIR", str(self.output_dir), "SEED", str(self.seed), *self.overrides]
+    def command(self) -> List[str]:
+        """The training command line; it trains afresh over whatever the directory holds."""
+        return [
+            sys.executable,
+            str(TRAIN_SCRIPT),
+            "--config-file",
+            self.config,
+            "--overwrite",
+            "OUTPUT_DIR",
+            str(self.output_dir),
+            "SEED",
+            str(self.seed),
+            *self.overrides,
+        ]
 
-    def recorded(self) -> Optional[dict]:
-        path = self.output_dir / RECORD
-        return json.loads(path.read_text()) if path.is_file() else None
+    def recipe(self) -> dict:
+        """What the run trains (config, overrides, seed): equal recipes give equal runs."""
+        return {"config": self.config, "overrides": list(self.overrides), "seed": self.seed}
 
     def is_done(self) -> bool:
-        """Trained to the end with this very command and evaluated."""
-        record = self.recorded()
-        if not record or record.get("command") != self.command(overwrite=True)[1:]:
+        """Trained to the end with this recipe and evaluated."""
+        path = self.output_dir / RECORD
+        if not path.is_file() or json.loads(path.read_text()) != self.recipe():
             return False
         read_metrics(self)
         return bool(self.metrics)
@@ -91,7 +102,12 @@ def schedule_overrides(max_iter: int, steps: Sequence[int], warmup: int, iters: 
     new_steps = tuple(sorted(step for step in scaled if step < iters))
     new_warmup = max(1, min(warmup, round(warmup * scale)))
     return [
-        "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(new_steps), "SOLVER.WARMUP_ITERS", str(new_warmup)
+        "SOLVER.MAX_ITER",
+        str(iters),
+        "SOLVER.STEPS",
+        str(new_steps),
+        "SOLVER.WARMUP_ITERS",
+        str(new_warmup),
     ]
 
 
@@ -130,12 +146,16 @@ def _start(run: Run, threads: int) -> subprocess.Popen:
     (run.output_dir / RECORD).unlink(missing_ok=True)
     # PASSIVE: idle OpenMP threads sleep instead of spinning; runs side by side (or any
     # other load) were measured to slow spinning 2-thread training down 4x.
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     log = open(run.output_dir / "stdout.txt", "w")
     process = subprocess.Popen(
-        run.command(overwrite=True), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env, cwd=ROOT,
+        run.command(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     process.log = log  # type: ignore[attr-defined]
     return process
@@ -173,7 +193,7 @@ def run_all(
             for line in iter(process.stdout.readline, ""):
                 process.log.write(line)
                 if any(key in line for key in _SHOWN):
-                    say(f"  [{run.label} s{run.seed}] {line.rstrip()}")
+                    say(f"  [{run.label}] s{run.seed} {line.rstrip()}")
             if process.poll() is None:
                 continue
             rest = process.stdout.read() or ""
@@ -181,10 +201,12 @@ def run_all(
             process.log.close()
             del running[pid]
             if process.returncode != 0:
-                failed.append(f"{run.label} seed {run.seed} (exit status {process.returncode}, see "
-                              f"{run.output_dir / 'stdout.txt'})")
+                failed.append(
+                    f"{run.label} seed {run.seed} (exit status {process.returncode}, see "
+                    f"{run.output_dir / 'stdout.txt'})"
+                )
                 continue
-            (run.output_dir / RECORD).write_text(json.dumps({"command": run.command(overwrite=True)[1:]}))
+            (run.output_dir / RECORD).write_text(json.dumps(run.recipe()))
             read_metrics(run)
             durations.append(time.perf_counter() - started)
             left = len(queue) + len(running)
@@ -219,3 +241,36 @@ def measure_cost(cfg) -> Dict[str, float]:
         warnings.simplefilter("ignore")  # the tracer's deprecation notices
         flops = count_flops(model, [image])
     return {"params_M": count_parameters(model) / 1e6, "neck_params_M": neck / 1e6, "GFLOPs": flops / 1e9}
+
+
+def mean_and_sd(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation of the non-NaN ``values`` (NaN where undefined)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarize(groups: Dict[str, Sequence[Run]], reference: Optional[str] = None) -> List[Dict[str, object]]:
+    """One row per ``{label: runs}`` entry (the runs are its seeds): the mean of each COCO
+    metric over the seeds, the sample standard deviation and every seed's AP, the mean
+    AP's difference to the ``reference`` label, and the mean seconds per iteration."""
+    ref_ap = mean_and_sd([r.metrics.get("bbox/AP", math.nan) for r in groups.get(reference, [])])[0]
+    rows = []
+    for label, runs in groups.items():
+        ap, sd = mean_and_sd([r.metrics.get("bbox/AP", math.nan) for r in runs])
+        row: Dict[str, object] = {
+            "model": label,
+            "seeds": " ".join(str(r.seed) for r in runs),
+            "AP": ap,
+            "AP sd": sd,
+            "AP per seed": " / ".join(f"{r.metrics.get('bbox/AP', math.nan):.1f}" for r in runs),
+        }
+        if reference is not None:
+            row[f"AP - {reference}"] = ap - ref_ap
+        for column, key in METRICS[1:]:
+            row[column] = mean_and_sd([r.metrics.get(key, math.nan) for r in runs])[0]
+        row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
+        row["train min"] = mean_and_sd([r.train_minutes for r in runs])[0]
+        rows.append(row)
+    return rows

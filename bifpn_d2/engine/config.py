@@ -1,17 +1,21 @@
-"""Loading a config: Detectron2's defaults, our keys, a YAML file and command-line
-overrides, with mistakes reported as one sentence that names the key and where it was set."""
+"""Loading a config, YAML (Detectron2's defaults + our keys + a file + ``KEY VALUE``
+overrides) or LazyConfig (a ``.py`` file + ``path.key=value`` overrides), with mistakes
+reported as one sentence that names the key and where it was set."""
+
 import difflib
 import os
 import re
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import yaml
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..config import add_bifpn_config
 
-__all__ = ["ConfigError", "load_config"]
+__all__ = ["ConfigError", "build_checked_model", "load_config", "load_lazy_config"]
 
 
 class ConfigError(Exception):
@@ -79,3 +83,57 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
             "add `MODEL.DEVICE cpu` to the command line"
         )
     return cfg
+
+
+def build_checked_model(cfg: CfgNode, device: Optional[str] = None) -> torch.nn.Module:
+    """Detectron2's ``build_model(cfg)`` (on ``device``, default ``cfg.MODEL.DEVICE``), with a
+    value a builder rejects reported as a :class:`ConfigError` naming the key."""
+    from detectron2.modeling import build_model
+
+    if device is not None:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = device
+    try:
+        return build_model(cfg)
+    except (ValueError, KeyError) as e:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"cannot build the model: {message}") from e
+
+
+def _check_override_keys(cfg: DictConfig, overrides: List[str]) -> None:
+    """Refuse ``key=value`` overrides whose key does not exist, except a new argument of a
+    ``LazyCall`` (its parent has ``_target_``), which instantiation will check."""
+    missing = object()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        parent_key = key.rpartition(".")[0]
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if not (isinstance(parent, DictConfig) and "_target_" in parent):
+            raise ConfigError(f"unknown config key {key} on the command line")
+
+
+def load_lazy_config(config_file: str, overrides: List[str]) -> DictConfig:
+    """Load ``config_file`` and apply ``path.key=value`` ``overrides``.
+
+    Raises:
+        ConfigError: missing or broken file, unknown key, malformed override.
+    """
+    if not config_file:
+        raise ConfigError("--config-file is required")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist")
+    try:
+        cfg = LazyConfig.load(config_file)
+    except (SyntaxError, ImportError, KeyError, ValueError, OmegaConfBaseException) as e:
+        raise ConfigError(f"cannot load {config_file}: {type(e).__name__}: {e}") from None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be path.key=value, got {bad}")
+    _check_override_keys(cfg, overrides)
+    try:
+        return LazyConfig.apply_overrides(cfg, overrides)
+    except Exception as e:  # hydra's parser raises its own exception types
+        raise ConfigError(f"bad override on the command line: {e}") from None

@@ -1,4 +1,5 @@
 """Training hooks of our own, added by the trainer next to Detectron2's."""
+
 import torch
 from detectron2.engine import HookBase
 

@@ -1,0 +1,126 @@
+"""Pictures of trained comparisons (main job, neck study): APs with every seed shown, loss
+and AP curves over training, and fusion weights over training. PNG files, no display."""
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+from ..benchmark.report import _pyplot, save_figure
+from .comparison import METRICS, Run
+
+__all__ = ["plot_ap_curves", "plot_arms", "plot_comparison", "plot_fusion_weights"]
+
+
+def _ap_bars(ax, groups: Dict[str, Sequence[Run]], metrics: Sequence[Tuple[str, str]]) -> None:
+    """Grouped bars of the seeds' mean per metric, one colour per group, seeds as dots."""
+    width = 0.8 / max(len(groups), 1)
+    for i, (label, runs) in enumerate(groups.items()):
+        xs = [k + (i - (len(groups) - 1) / 2) * width for k in range(len(metrics))]
+        per_seed = [[r.metrics.get(key, math.nan) for r in runs] for _, key in metrics]
+        means = [sum(v) / len(v) if v else math.nan for v in per_seed]
+        bars = ax.bar(xs, [0 if math.isnan(m) else m for m in means], width, label=label, alpha=0.7)
+        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], fontsize=7, padding=1)
+        for x, values in zip(xs, per_seed):
+            ax.plot([x] * len(values), values, "k.", markersize=4)
+    ax.set_xticks(range(len(metrics)), [name for name, _ in metrics])
+    ax.set_ylabel("COCO AP (%): bars = mean, dots = seeds")
+    ax.legend()
+
+
+def plot_comparison(groups: Dict[str, Sequence[Run]], path: str, title: str) -> str:
+    """Left: training loss against iteration, one line per seed; right: the APs."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for i, (label, runs) in enumerate(groups.items()):
+        for k, run in enumerate(runs):
+            left.plot(
+                run.iterations,
+                run.losses,
+                color=f"C{i}",
+                alpha=0.8,
+                linewidth=1.2,
+                linestyle=("-", "--", ":", "-.")[k % 4],
+                label=f"{label} seed {run.seed}",
+            )
+    left.set(xlabel="iteration", ylabel="total training loss", title="Training loss")
+    left.set_yscale("log")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    _ap_bars(right, groups, [m for m in METRICS if m[0] != "AP75"])
+    right.set_title("Validation AP")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_arms(
+    rows: Sequence[Dict[str, object]], groups: Dict[str, Sequence[Run]], path: str, title: str
+) -> str:
+    """AP and AP_large per arm (``rows`` from ``summarize``, in that order): bars are the
+    means over seeds, dots the seeds, the dashed line the first row's mean."""
+    plt = _pyplot()
+    order = [str(r["model"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(order) + 1.8), sharey=True)
+    for ax, (column, key) in zip(axes, [("AP", "bbox/AP"), ("AP_large", "bbox/APl")]):
+        ax.barh(
+            range(len(order)),
+            [float(r[column]) for r in rows],
+            alpha=0.6,
+            color=["C1" if k == 0 else "C0" for k in range(len(order))],
+        )
+        for label, runs in groups.items():
+            ax.plot([r.metrics.get(key, math.nan) for r in runs], [order.index(label)] * len(runs), "k.")
+        ax.axvline(float(rows[0][column]), color="C1", linestyle="--", linewidth=1, label=f"{order[0]} mean")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel(f"{column} (%): bar = mean over seeds, dots = seeds")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(order)), order, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_ap_curves(groups: Dict[str, Sequence[Run]], path: str, title: str) -> str:
+    """AP against iteration, one line per run (runs evaluated during training)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (label, runs) in enumerate(groups.items()):
+        for k, run in enumerate(runs):
+            if run.ap_curve:
+                xs, ys = zip(*run.ap_curve)
+                ax.plot(xs, ys, "-o", color=f"C{i}", markersize=3, alpha=0.8, label=label if k == 0 else None)
+    ax.set(xlabel="iteration", ylabel="COCO AP (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_fusion_weights(runs: Dict[str, Run], path: str, title: str, num_nodes: int = 3) -> str:
+    """The normalised input weights of ``num_nodes`` nodes of the last cell over training,
+    one panel per node, one line style per run (``{fusion method: run}``), as logged by
+    :class:`~bifpn_d2.engine.hooks.FusionWeightLogger` (EfficientDet's Figure 6)."""
+    plt = _pyplot()
+    keys = sorted(next(iter(runs.values())).scalars)
+    last_cell = max(int(k.split(".cells.")[1].split(".")[0]) for k in keys)
+    nodes: List[int] = sorted(
+        {int(k.split(".nodes.")[1].split(".")[0]) for k in keys if f".cells.{last_cell}." in k}
+    )
+    shown = [nodes[round(i * (len(nodes) - 1) / max(num_nodes - 1, 1))] for i in range(num_nodes)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 4), sharey=True, squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, node in zip(axes[0], shown):
+        prefix = f"fusion/backbone.cells.{last_cell}.nodes.{node}.fusion/"
+        for style, (method, run) in zip(styles, runs.items()):
+            for key, values in sorted(run.scalars.items()):
+                if key.startswith(prefix):
+                    edge = key.rsplit("/", 1)[1]
+                    xs, ys = zip(*values)
+                    ax.plot(xs, ys, style, color=f"C{edge}", label=f"{method}, input {edge}")
+        ax.set(title=f"cell {last_cell}, node {node}", xlabel="iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalised input weight")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
