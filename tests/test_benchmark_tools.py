@@ -1,10 +1,12 @@
-"""The speed and comparison tools: each runs at tiny sizes and writes its files, and
-``fold_for_inference`` keeps outputs equal. No timing is asserted."""
+"""The speed and comparison tools: ``bifpn_d2.benchmark`` at tiny sizes, each script run
+once as a user would to check the files it writes, and ``fold_for_inference`` keeping
+outputs equal. No timing is asserted."""
 
 import csv
-import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,21 @@ from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
 from bifpn_d2 import BiFPN, FrozenFusion, fold_for_inference
-from bifpn_d2.benchmark import interleaved_times, load_config, peak_memory_bytes
+from bifpn_d2.benchmark import (
+    benchmark_device,
+    collect_panels,
+    config_rows,
+    default_configs,
+    describe,
+    detectron2_rows,
+    edge_rows,
+    interleaved_times,
+    peak_memory_bytes,
+    race,
+    subject_config,
+    time_models,
+)
+from bifpn_d2.engine.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,12 +58,17 @@ MODEL:
 """
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_tool(name: str, args) -> None:
+    """Run ``tools/<name>.py`` with ``args`` on one thread, as a user would."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *map(str, args)],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def read_csv(path: str):
@@ -163,39 +184,46 @@ def test_measurement_helpers():
     assert 2**22 <= peak_memory_bytes(hold_two) < 2**22 + 2**16
 
 
-# --------------------------------------------------------------------------- tools
+# --------------------------------------------------------------------------- sweep (tools/benchmark.py)
+def test_benchmark_sweep_reports_a_failed_training_step(tiny_config):
+    cfg = subject_config(tiny_config)
+    rows = benchmark_device(cfg, "model", torch.device("cpu"), "tiny", ["64x96"], [1, 2], repeats=1, warmup=0)
+    # One image makes a 1x1 P7, on which training-mode batch norm fails: reported, not raised.
+    assert "training step failed" in rows[0]["note"] and "train_ms" not in rows[0]
+    assert rows[1]["train_ms"] > 0 and rows[1]["train_mem_MB"] > 0
+
+
 def test_benchmark_tool_writes_table_csv_and_plot(tiny_config, tmp_path):
-    tool = load_tool("benchmark")
     out = tmp_path / "bench"
     args = f"--config-file {tiny_config} --sizes 64x96 --batch-sizes 1 2 --repeats 1 --warmup 0 --devices cpu"
-    rows = tool.main(args.split() + ["--output-dir", str(out)])
+    run_tool("benchmark", args.split() + ["--threads", 1, "--output-dir", out])
     written = read_csv(out / "benchmark.csv")
     assert [(r["size"], r["batch"]) for r in written] == [("64x96", "1"), ("64x96", "2")]
     for row in written:
         for key in ("params_M", "gflops", "infer_ms", "folded_infer_ms", "infer_mem_MB"):
             assert float(row[key]) > 0, key
-    # One image makes a 1x1 P7, on which training-mode batch norm fails: reported, not raised.
-    assert "training step failed" in rows[0]["note"] and "train_ms" not in rows[0]
-    assert rows[1]["train_ms"] > 0 and rows[1]["train_mem_MB"] > 0
     assert "| Tiny-RetinaNet-BiFPN |" in (out / "benchmark.md").read_text()
     assert (out / "benchmark.png").stat().st_size > 0
 
 
-def test_benchmark_tool_on_a_backbone_name(tmp_path):
-    tool = load_tool("benchmark")
-    args = "--backbone build_resnet_weighted_fpn_backbone --sizes 64 --repeats 1 --warmup 0 --no-memory"
+def test_benchmark_of_a_backbone_name():
     overrides = "MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64 MODEL.FPN.OUT_CHANNELS 32 "
     overrides += "MODEL.RESNETS.OUT_FEATURES ['res4','res5'] MODEL.FPN.IN_FEATURES ['res4','res5']"
-    rows = tool.main(args.split() + ["--devices", "cpu", "--output-dir", str(tmp_path)] + overrides.split())
+    cfg = subject_config("", overrides.split(), "build_resnet_weighted_fpn_backbone")
+    name = describe(cfg, "")
+    rows = benchmark_device(cfg, "backbone", torch.device("cpu"), name, ["64"], [1], 1, 0, memory=False)
     assert rows[0]["name"] == "build_resnet_weighted_fpn_backbone"
     assert rows[0]["train_ms"] > 0 and "train_mem_MB" not in rows[0]
 
 
-def test_neck_race_reports_parity_and_ratios(tmp_path):
+# --------------------------------------------------------------------------- neck race
+def test_neck_race_reports_parity_and_ratios():
     pytest.importorskip("effdet")
-    tool = load_tool("neck_race")
-    args = "--cases bifpn-d0 fpn-r50 --d0-size 128 --fpn-sizes 72x100 --batch-sizes 2"
-    rows = tool.main(args.split() + ["--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path)])
+    cpu = torch.device("cpu")
+    rows = [
+        race("bifpn-d0", [128, 128], 2, cpu, repeats=1, warmup=0),
+        race("fpn-r50", [72, 100], 2, cpu, repeats=1, warmup=0),
+    ]
     by_race = {r["race"]: r for r in rows}
     assert list(by_race) == ["bifpn-d0 128x128 bs2", "fpn-r50 72x100 bs2"]
     for row in rows:
@@ -205,13 +233,21 @@ def test_neck_race_reports_parity_and_ratios(tmp_path):
     assert by_race["bifpn-d0 128x128 bs2"]["max_diff"] < 1e-4
     assert by_race["bifpn-d0 128x128 bs2"]["folded_max_diff"] < 1e-4
     assert "fails at 72x100" in by_race["fpn-r50 72x100 bs2"]["reference"]
+
+
+def test_neck_race_tool_writes_table_csv_and_plot(tmp_path):
+    pytest.importorskip("effdet")
+    args = "--cases bifpn-d0 fpn-r50 --d0-size 128 --fpn-sizes 72x100 --batch-sizes 2 --threads 1"
+    run_tool("neck_race", args.split() + ["--repeats", "1", "--warmup", "0", "--output-dir", tmp_path])
     assert len(read_csv(tmp_path / "race.csv")) == 2
     assert "## Targets" in (tmp_path / "race.md").read_text()
     assert (tmp_path / "race.png").stat().st_size > 0
 
 
-def test_model_zoo_table(tiny_config, tmp_path):
-    tool = load_tool("model_zoo_table")
+# --------------------------------------------------------------------------- model zoo table
+@pytest.fixture
+def results_root(tmp_path):
+    """A training run of the tiny config that logged a box AP of 12.5."""
     results = tmp_path / "results" / "Tiny-RetinaNet-BiFPN"
     results.mkdir(parents=True)
     (results / "metrics.json").write_text(
@@ -220,24 +256,15 @@ def test_model_zoo_table(tiny_config, tmp_path):
         + json.dumps({"iteration": 10, "bbox/AP": 12.5})
         + "\n"
     )
-    out = tmp_path / "zoo"
-    rows = tool.main(
-        [
-            "--configs",
-            tiny_config,
-            str(tmp_path / "not-written-yet.yaml"),
-            "--size",
-            "64",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--results-root",
-            str(tmp_path / "results"),
-            "--output-dir",
-            str(out),
-        ]
-    )
+    return tmp_path / "results"
+
+
+def test_model_zoo_rows(tiny_config, results_root, tmp_path):
+    cpu, runners = torch.device("cpu"), {}
+    rows = detectron2_rows("64", cpu, runners)
+    configs = [tiny_config, str(tmp_path / "not-written-yet.yaml")]
+    rows += config_rows(configs, "64", str(results_root), {}, cpu, runners)
+    time_models(rows, runners, repeats=1, warmup=0, device=cpu)
     names = [r["model"] for r in rows]
     assert names == [
         "RetinaNet R50-FPN (detectron2)",
@@ -249,49 +276,56 @@ def test_model_zoo_table(tiny_config, tmp_path):
     assert rows[2]["your_AP"] == 12.5
     assert rows[2]["note"].endswith("on ?")  # the config names no test dataset: not plotted as COCO AP
     assert all(r["gflops"] > 0 and r["latency_ms"] > 0 for r in rows)
+
+
+def test_model_zoo_tool_writes_table_csv_and_plot(tiny_config, results_root, tmp_path):
+    out = tmp_path / "zoo"
+    args = ["--configs", tiny_config, tmp_path / "not-written-yet.yaml", "--size", "64", "--threads", "1"]
+    args += ["--repeats", "1", "--warmup", "0", "--results-root", results_root, "--output-dir", out]
+    run_tool("model_zoo_table", args)
     assert len(read_csv(out / "model_zoo.csv")) == 3
     assert (out / "ap_vs_gflops.png").stat().st_size > 0
 
 
 def test_default_zoo_configs_skip_bases(tmp_path):
-    tool = load_tool("model_zoo_table")
     for name in ("Base-RetinaNet.yaml", "sub/Base-Tiny.yaml", "sub/Tiny-BiFPN.yaml", "B.yaml", "notes.txt"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("")
-    found = [os.path.relpath(c, tmp_path) for c in tool.default_configs(str(tmp_path))]
+    found = [os.path.relpath(c, tmp_path) for c in default_configs(str(tmp_path))]
     assert found == ["B.yaml", os.path.join("sub", "Tiny-BiFPN.yaml")]
 
 
+# --------------------------------------------------------------------------- fusion weights
 def test_plot_fusion_weights_from_checkpoint(tiny_config, tmp_path):
-    tool = load_tool("plot_fusion_weights")
     model = randomise(build_model(load_config(tiny_config)))
     checkpoint = tmp_path / "model.pth"
     torch.save({"model": model.state_dict()}, checkpoint)
-    rows = tool.main(
-        ["--config-file", tiny_config, "--weights", str(checkpoint), "--output-dir", str(tmp_path)]
+    run_tool(
+        "plot_fusion_weights",
+        ["--config-file", tiny_config, "--weights", checkpoint, "--output-dir", tmp_path],
     )
+    rows = read_csv(tmp_path / "fusion_weights.csv")
     neck = model.backbone
     assert isinstance(neck, BiFPN)
     expected = [
         w for cell in neck.cells for node in cell.nodes for w in node.fusion.normalized_weights().tolist()
     ]
-    assert [r["weight"] for r in rows] == pytest.approx(expected)
+    assert [float(r["weight"]) for r in rows] == pytest.approx(expected)
     assert rows[0]["node"] == "P6 td" and rows[0]["source"] == "P6 in"
-    assert len(read_csv(tmp_path / "fusion_weights.csv")) == len(expected)
+    assert len(rows) == len(expected)
     assert (tmp_path / "fusion_weights.png").stat().st_size > 0
 
 
-def test_plot_fusion_weights_of_a_weighted_fpn(tmp_path):
-    tool = load_tool("plot_fusion_weights")
+def test_fusion_weights_of_a_weighted_fpn(tmp_path):
     config = tmp_path / "fpn.yaml"
     config.write_text(
         TINY_CONFIG.replace(
             "build_retinanet_resnet_bifpn_backbone", "build_retinanet_resnet_weighted_fpn_backbone"
         )
     )
-    rows = tool.main(
-        ["--config-file", str(config), "--output-dir", str(tmp_path), "MODEL.FPN.FUSE_TYPE", "softmax"]
-    )
+    model = build_model(load_config(str(config), ["MODEL.FPN.FUSE_TYPE", "softmax"]))
+    with torch.no_grad():
+        rows = edge_rows(collect_panels(model))
     assert [(r["node"], r["source"]) for r in rows] == [
         ("P4", "P4 lateral"),
         ("P4", "P5 top-down"),

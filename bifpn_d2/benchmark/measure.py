@@ -8,15 +8,18 @@ Peak memory is measured the same way for every implementation on a device:
 
 - CUDA: ``torch.cuda.max_memory_allocated`` during the call, minus what was allocated
   before it;
-- CPU: the PyTorch profiler's allocation trace (``profile_memory=True``): every tensor
-  allocation and free inside the call, in order; the peak of their running sum is the
-  most memory the call held on top of what existed before it. Unlike process RSS it does
-  not depend on the allocator's caching, and unlike ``tracemalloc`` it sees tensor
-  storage. Scratch buffers that oneDNN allocates itself are not counted (for either
-  implementation).
+- CPU: the PyTorch profiler's allocation trace (``profile_memory=True``, read from the
+  trace that ``export_chrome_trace`` writes): every tensor allocation and free inside the
+  call, in order; the peak of their running sum is the most memory the call held on top
+  of what existed before it. Unlike process RSS it does not depend on the allocator's
+  caching, and unlike ``tracemalloc`` it sees tensor storage. Scratch buffers that oneDNN
+  allocates itself are not counted (for either implementation).
 """
 
+import json
+import os
 import statistics
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -40,7 +43,8 @@ MEMORY_METHODS = {
     "cuda": "torch.cuda.max_memory_allocated during the call minus memory allocated before it",
 }
 
-_CPU_MEMORY = (DeviceType.CPU, DeviceType.MKLDNN)
+# Device types of CPU allocations in the profiler's "[memory]" events.
+_CPU_MEMORY = (int(DeviceType.CPU), int(DeviceType.MKLDNN))
 
 
 def synchronize(device: torch.device) -> None:
@@ -111,17 +115,29 @@ def peak_memory_bytes(fn: Callable[[], Any], device: Optional[torch.device] = No
         raise ValueError(f"peak memory is measured on cpu or cuda, not {device.type}")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [
-        e
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() in _CPU_MEMORY
+    memory = [
+        event
+        for event in _trace_events(prof)
+        if event.get("name") == "[memory]" and event["args"].get("Device Type") in _CPU_MEMORY
     ]
-    events.sort(key=lambda e: e.start_ns())
+    memory.sort(key=lambda event: event["ts"])  # stable: same-time events keep their order
     current = peak = 0
-    for event in events:
-        current += event.nbytes()
+    for event in memory:
+        current += event["args"]["Bytes"]
         peak = max(peak, current)
     return peak
+
+
+def _trace_events(prof: profile) -> List[Dict[str, Any]]:
+    """The events of a finished profile as its Chrome trace lists them: one allocation
+    (``Bytes`` > 0) or free (< 0) per ``"[memory]"`` event, ``ts`` in microseconds. The
+    profiler's per-op summaries (``events()``, ``key_averages()``) only give each op's net
+    allocation, which hides the memory an op frees before it returns."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            return json.load(f)["traceEvents"]
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -19,15 +19,16 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from ..config import add_bifpn_config
+from ..engine.config import load_config
 
 __all__ = [
     "COMPONENTS",
     "PrecomputedFeatures",
     "build_subject",
     "describe",
-    "load_config",
     "make_inputs",
     "parse_size",
+    "subject_config",
     "training_step",
 ]
 
@@ -48,16 +49,17 @@ def parse_size(text: str) -> List[int]:
     return size
 
 
-def load_config(config_file: str = "", opts: Sequence[str] = (), backbone: str = "") -> CfgNode:
-    """Detectron2's defaults + :func:`add_bifpn_config`, then ``config_file`` (if any),
-    then ``backbone`` as ``MODEL.BACKBONE.NAME`` (if given), then ``KEY VALUE`` ``opts``."""
-    cfg = get_cfg()
-    add_bifpn_config(cfg)
+def subject_config(config_file: str = "", opts: Sequence[str] = (), backbone: str = "") -> CfgNode:
+    """The config of a benchmark subject: ``config_file`` read by the engine's
+    :func:`~bifpn_d2.engine.config.load_config` (without a file: Detectron2's defaults +
+    :func:`add_bifpn_config`), with ``backbone`` as ``MODEL.BACKBONE.NAME`` (if given)
+    before the ``KEY VALUE`` ``opts``. ``MODEL.DEVICE`` is ``cpu``: :func:`build_subject`
+    puts each subject on the device it is measured on."""
+    opts = (["MODEL.BACKBONE.NAME", backbone] if backbone else []) + list(opts) + ["MODEL.DEVICE", "cpu"]
     if config_file:
-        cfg.merge_from_file(config_file)
-    if backbone:
-        cfg.MODEL.BACKBONE.NAME = backbone
-    cfg.merge_from_list(list(opts))
+        return load_config(config_file, opts)
+    cfg = add_bifpn_config(get_cfg())
+    cfg.merge_from_list(opts)
     return cfg
 
 

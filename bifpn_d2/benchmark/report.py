@@ -16,6 +16,7 @@ __all__ = [
     "plot_bars",
     "plot_lines",
     "plot_scatter",
+    "print_now",
     "save_figure",
     "write_csv",
     "write_text",
@@ -62,6 +63,11 @@ def write_csv(rows: Sequence[Row], path: str, columns: Optional[Sequence[str]] =
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def print_now(text: str) -> None:
+    """Print ``text`` and flush, so that progress shows at once in a piped log."""
+    print(text, flush=True)
 
 
 def write_text(text: str, path: str) -> str:
