@@ -19,9 +19,15 @@ never does with ResNet or EfficientNet bottom-ups, whose level sizes are ``ceil(
 of the level below at every input size.
 """
 import io
-from typing import Dict, List, Tuple, Union
+import logging
+import os
+from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
+from detectron2.config import CfgNode
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
 
 # Importing detectron2.export also applies Detectron2's scripting patches (ResNet).
 from detectron2.export import TracingAdapter, scripting_with_instances
@@ -33,13 +39,19 @@ from torch import Tensor, nn
 __all__ = [
     "ONNX_OPSET",
     "assert_instances_close",
+    "export_and_verify",
     "export_onnx",
     "export_scripting",
     "export_tracing",
     "raw_inference",
     "run_onnx",
+    "sample_image",
     "scripted_instances",
 ]
+
+logger = logging.getLogger(__name__)
+# The synthetic sample (height, width) before resizing: a 4:3 photo.
+SYNTHETIC_SAMPLE_SIZE = (480, 640)
 
 ONNX_OPSET = 17
 _UNSUPPORTED = "export supports GeneralizedRCNN and DenseDetector models, not {}"
@@ -211,3 +223,52 @@ def assert_instances_close(
 
 def _field_tensors(instances: Instances) -> Dict[str, Tensor]:
     return {k: v.tensor if isinstance(v, Boxes) else v for k, v in instances.get_fields().items()}
+
+
+def sample_image(cfg: CfgNode, path: Optional[str]) -> torch.Tensor:
+    """A ``(3, H, W)`` float image in ``cfg.INPUT.FORMAT``, resized as ``DefaultPredictor``
+    resizes: read from ``path``, or random pixels (fixed seed) when ``path`` is None."""
+    if path is None:
+        pixels = np.random.default_rng(0).integers(0, 256, size=(*SYNTHETIC_SAMPLE_SIZE, 3), dtype=np.uint8)
+    else:
+        pixels = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    pixels = resize.get_transform(pixels).apply_image(pixels)
+    return torch.as_tensor(np.ascontiguousarray(pixels.astype("float32").transpose(2, 0, 1)))
+
+
+def export_and_verify(
+    model: torch.nn.Module, image: torch.Tensor, fmt: str, method: str, output_dir: str
+) -> str:
+    """Export ``model`` (eval mode) to ``output_dir``, run the file once on ``image`` and
+    compare with the PyTorch outputs. Returns the path written.
+
+    Raises:
+        AssertionError: the exported model's outputs differ from the PyTorch model's.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "model.onnx" if fmt == "onnx" else "model.ts")
+    inputs = [{"image": image}]
+    with torch.no_grad():
+        expected = raw_inference(model, inputs)[0]
+        if method == "scripting":
+            torch.jit.save(export_scripting(model), path)
+            actual = scripted_instances(torch.jit.load(path)(tuple(inputs))[0], expected.image_size)
+        elif fmt == "torchscript":
+            traced, adapter = export_tracing(model, image)
+            torch.jit.save(traced, path)
+            actual = adapter.outputs_schema(torch.jit.load(path)(image))
+        else:
+            onnx_bytes, adapter = export_onnx(model, image)
+            with open(path, "wb") as f:
+                f.write(onnx_bytes)
+            actual = adapter.outputs_schema(tuple(run_onnx(path, image)))
+    if method == "tracing":
+        logger.info("Inputs schema: %s", adapter.inputs_schema)
+        logger.info("Outputs schema: %s", adapter.outputs_schema)
+    # onnxruntime's kernels round differently from PyTorch's; boxes are in pixels.
+    tolerance = 1e-3 if fmt == "onnx" else 1e-5
+    diff = assert_instances_close(expected, actual, rtol=tolerance, atol=tolerance)
+    logger.info("Wrote %s; it runs on a %s image and matches PyTorch (%d detections, max abs diff %.3g)",
+                path, "x".join(map(str, image.shape[1:])), len(expected), diff)
+    return path

@@ -1,7 +1,8 @@
 """Export: TorchScript (scripting, tracing), torch.export and ONNX give eager outputs,
 also at input sizes other than the one used for export."""
-import importlib.util
 import os
+import subprocess
+import sys
 
 import onnx
 import pytest
@@ -21,6 +22,7 @@ from torch.export import Dim
 # (bifpn_d2.export imports detectron2.export, whose patches make ResNet scriptable)
 from bifpn_d2.export import (
     assert_instances_close,
+    export_and_verify,
     export_onnx,
     export_scripting,
     export_tracing,
@@ -28,6 +30,7 @@ from bifpn_d2.export import (
     run_onnx,
     scripted_instances,
 )
+from bifpn_d2.export import sample_image as sample_image_of
 
 TOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,41 +152,47 @@ def test_onnx_retinanet_bifpn():
         assert_instances_close(expected, actual, rtol=1e-4, atol=1e-3)
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # (format, export method, whether to pass --sample-image)
 TOOL_CASES = [("torchscript", "tracing", False), ("onnx", "tracing", True)]
 TOOL_CASES.append(("torchscript", "scripting", False))
 
 
+def _tool(args, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_model.py"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.parametrize("fmt,method,sample_image", TOOL_CASES)
 def test_export_model_tool(fmt, method, sample_image, tmp_path):
-    """The CLI exports a config + checkpoint, then verifies the file by running it on the
-    sample image (a given one, or a synthetic one)."""
+    """A config + checkpoint is exported, then the file is verified by running it on the
+    sample image (a given one, or a synthetic one); the command line does it all once."""
     cfg = tiny_cfg(RETINA_BIFPN)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 192
     (tmp_path / "tiny.yaml").write_text(cfg.dump())
     model = build_tiny_detector(RETINA_BIFPN)
     spread_scores(model)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
-    args = ["--config-file", str(tmp_path / "tiny.yaml"), "--format", fmt, "--export-method", method,
-            "--output", str(tmp_path / "out")]
+    path = None
     if sample_image:
         pixels = image(150, 180).permute(1, 2, 0).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(tmp_path / "sample.png")
-        args += ["--sample-image", str(tmp_path / "sample.png")]
-    exported = _load_tool("export_model").main(args + ["MODEL.WEIGHTS", str(tmp_path / "model.pth")])
-    assert exported == str(tmp_path / "out" / ("model.onnx" if fmt == "onnx" else "model.ts"))
-    assert os.path.getsize(exported) > 0
+        path = str(tmp_path / "sample.png")
+    expected = str(tmp_path / "out" / ("model.onnx" if fmt == "onnx" else "model.ts"))
+    if fmt == "onnx":  # through the command line
+        args = ["--config-file", str(tmp_path / "tiny.yaml"), "--format", fmt, "--export-method", method,
+                "--output", str(tmp_path / "out"), "--sample-image", path, "MODEL.WEIGHTS",
+                str(tmp_path / "model.pth")]
+        done = _tool(args)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert f"Wrote {expected}" in done.stdout + done.stderr
+    else:
+        sample = sample_image_of(cfg, path)
+        exported = export_and_verify(model.eval(), sample, fmt, method, str(tmp_path / "out"))
+        assert exported == expected
+    assert os.path.getsize(expected) > 0
 
 
 def test_export_model_tool_rejects_scripting_to_onnx(tmp_path):
-    tool = _load_tool("export_model")
-    with pytest.raises(SystemExit):
-        tool.main(["--config-file", "x.yaml", "--format", "onnx", "--export-method", "scripting",
-                   "--output", str(tmp_path)])
+    done = _tool(["--config-file", "x.yaml", "--format", "onnx", "--export-method", "scripting",
+                  "--output", str(tmp_path)], timeout=120)
+    assert done.returncode == 2 and "scripting supports --format torchscript only" in done.stderr
