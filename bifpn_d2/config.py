@@ -14,7 +14,7 @@ from typing import Any
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_bifpn_config", "check_choice", "check_non_negative", "check_positive"]
+__all__ = ["add_bifpn_config", "check_choice", "check_positive"]
 
 
 def add_bifpn_config(cfg: CN) -> CN:
@@ -25,10 +25,12 @@ def add_bifpn_config(cfg: CN) -> CN:
     # "fast_normalized" with our FPN builders.
     cfg.MODEL.FPN.TOP_BLOCK = ""  # "" = maxpool for R-CNN builders, p6p7_c5 for RetinaNet
     # ones; or "maxpool" | "p6p7_c5" | "p6p7_p5" | "efficientdet"
-    cfg.MODEL.FPN.FUSION_EPS = 1e-4  # epsilon of fast normalized fusion
-    # Pad input images to a multiple of this (our FPN and BiFPN; 0 = no padding, which they
-    # do not need). Heads that upsample by fixed factors (SemSegFPNHead) need 32 for P2-P5.
-    cfg.MODEL.FPN.SIZE_DIVISIBILITY = 0
+    cfg.MODEL.FPN.FUSION_EPS = 1e-4  # epsilon of fast normalized fusion (FPN and BiFPN)
+    # Pad input images to a multiple of this: -1 = the stride of the last input level, as
+    # Detectron2's FPN (32 for res5); 0 = no padding (our necks resize to exact sizes and
+    # need none, but Detectron2 heads such as SemSegFPNHead and checkpoints trained with
+    # padding do); k > 0 = k. Read by our FPN and BiFPN builders.
+    cfg.MODEL.FPN.SIZE_DIVISIBILITY = -1
 
     # --- MODEL.BIFPN: the BiFPN neck. It reads its inputs from MODEL.FPN.IN_FEATURES.
     cfg.MODEL.BIFPN = CN()
@@ -36,11 +38,14 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.BIFPN.NUM_CELLS = 6  # depth D, repeated cells (EfficientDet: 3 + phi)
     cfg.MODEL.BIFPN.MAX_LEVEL = 0  # coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet
     cfg.MODEL.BIFPN.GRAPH = "bifpn"  # "bifpn" | "panet"
-    cfg.MODEL.BIFPN.FUSION = "fast_normalized"  # | "softmax" | "weighted" | "sum" | "avg"
-    cfg.MODEL.BIFPN.FUSION_EPS = 1e-4
+    # The same key and values as MODEL.FPN.FUSE_TYPE: "fast_normalized" | "softmax" |
+    # "weighted" | "sum" | "avg".
+    cfg.MODEL.BIFPN.FUSE_TYPE = "fast_normalized"
     cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "none"
     cfg.MODEL.BIFPN.SEPARABLE_CONV = True  # depthwise-separable 3x3 (False: dense 3x3)
-    cfg.MODEL.BIFPN.NORM = "BN"  # "BN" | "SyncBN" | "NaiveSyncBN" | "GN" | "FrozenBN" | ""
+    # Detectron2's norm names: "BN" | "SyncBN" | "nnSyncBN" | "naiveSyncBN" | "naiveSyncBN_N"
+    # | "FrozenBN" | "GN" | "LN" | "".
+    cfg.MODEL.BIFPN.NORM = "BN"
     cfg.MODEL.BIFPN.NORM_EPS = 1e-3  # EfficientDet's BN: eps 1e-3, momentum 0.01
     cfg.MODEL.BIFPN.NORM_MOMENTUM = 0.01
     cfg.MODEL.BIFPN.SAME_PADDING = False  # TF "SAME" max-pool padding, for tf_ checkpoints
@@ -49,6 +54,16 @@ def add_bifpn_config(cfg: CN) -> CN:
     # "p6p7_c5" (RetinaNet's strided 3x3 convs from the last input, learned).
     cfg.MODEL.BIFPN.TOP_BLOCK = "efficientdet"
     cfg.MODEL.BIFPN.CONV_INIT = "xavier_uniform"  # cell convs: | "c2_xavier" (Detectron2's FPN)
+    # Residual cells: each cell whose inputs have the neck's width adds them to its outputs
+    # and starts as the identity (zero-initialised output norm scales).
+    cfg.MODEL.BIFPN.RESIDUAL = False
+    # Run the cells in channels-last memory layout; the outputs are then channels-last
+    # tensors (same values). Several times faster depthwise convs and pools on CPU.
+    cfg.MODEL.BIFPN.CHANNELS_LAST = True
+    # Earlier names, still read when set: FUSION (now FUSE_TYPE) and FUSION_EPS (now
+    # MODEL.FPN.FUSION_EPS, shared by both necks).
+    cfg.MODEL.BIFPN.FUSION = ""
+    cfg.MODEL.BIFPN.FUSION_EPS = -1.0
 
     # --- MODEL.EFFICIENTNET: the timm EfficientNet bottom-up network. Its outputs are
     # named c1..c5 (stride 2..32); point MODEL.FPN.IN_FEATURES at them, e.g. [c3, c4, c5].
@@ -56,7 +71,7 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.EFFICIENTNET = CN()
     cfg.MODEL.EFFICIENTNET.NAME = "efficientnet_b0"  # efficientnet_b0..b7, tf_efficientnet_b0..b7
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # local ImageNet weight file; "" = random init
-    cfg.MODEL.EFFICIENTNET.NORM = "BN"  # "BN" | "FrozenBN" | "SyncBN"
+    cfg.MODEL.EFFICIENTNET.NORM = "BN"  # Detectron2's names: "BN" | "FrozenBN" | "SyncBN" | "nnSyncBN"
     cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0  # stochastic depth (EfficientDet: 0.2)
     return cfg
 
@@ -66,12 +81,6 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not valid; allowed values: {allowed}")
-
-
-def check_non_negative(key: str, value: int) -> None:
-    """Raise ``ValueError`` naming the config ``key`` unless ``value`` is an integer >= 0."""
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key}={value!r} is not valid; it must be an integer >= 0")
 
 
 def check_positive(key: str, value: int) -> None:

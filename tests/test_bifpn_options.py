@@ -74,6 +74,18 @@ def test_conv_top_block_makes_p6_p7_from_c5():
     assert model.max_level == 7 and model.top_block.p6.in_channels == 24
 
 
+def test_residual_cells_start_as_the_identity():
+    """Residual cells (all but the first here, whose inputs have other widths) train at odd
+    sizes with gradients everywhere, and compute the identity at initialisation."""
+    model = _train_step(residual=True)
+    assert [cell.residual for cell in model.cells] == [False, True]
+    features = [torch.randn(1, 16, 9, 7), torch.randn(1, 16, 5, 4), torch.randn(1, 16, 3, 2)]
+    plain = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], out_channels=16, num_cells=2, max_level=5, residual=True)
+    with torch.no_grad():
+        outputs = plain.cells[1](features)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, features))
+
+
 def test_top_block_must_agree_with_max_level():
     with pytest.raises(ValueError, match="max_level=6 disagrees with the top block, which ends at P7"):
         BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 1, max_level=6, top_block=ConvP6P7TopBlock(24, 16, "c5"))

@@ -13,6 +13,7 @@ BIFPN_VARIANTS = [  # options that change what the BiFPN builder makes
     ("build_retinanet_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),
     ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),  # one conv level: P6
     ("build_retinanet_resnet_bifpn_backbone", {"CONV_INIT": "c2_xavier"}),
+    ("build_retinanet_resnet_bifpn_backbone", {"RESIDUAL": True, "TOP_BLOCK": "p6p7_c5"}),
 ]
 
 
@@ -40,7 +41,8 @@ def check_builder(name, cfg):
     assert all(shapes[f"p{level}"].stride == 2**level for level in levels)
     channels = cfg.MODEL.BIFPN.OUT_CHANNELS if "bifpn" in name else cfg.MODEL.FPN.OUT_CHANNELS
     assert all(s.channels == channels for s in shapes.values())
-    assert backbone.size_divisibility == 0
+    # Detectron2 pads images to the last input stride (res5: 32), as for its own FPN.
+    assert backbone.size_divisibility == 32 and backbone.padding_constraints == {"size_divisibility": 32}
 
     for batch, height, width in [(2, 200, 249), (1, 333, 517)]:
         backbone.zero_grad()
@@ -93,9 +95,37 @@ def test_bifpn_level_ranges(graph, max_level):
 
 @pytest.mark.parametrize("name", ["build_resnet_bifpn_backbone", "build_resnet_weighted_fpn_backbone"])
 def test_size_divisibility_is_configurable(name):
-    """Padding is off by default and set by MODEL.FPN.SIZE_DIVISIBILITY (SemSegFPNHead needs 32)."""
-    cfg = small_cfg(name)
-    cfg.MODEL.FPN.SIZE_DIVISIBILITY = 32
-    backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=3))
-    assert backbone.size_divisibility == 32
-    assert backbone.padding_constraints == {"size_divisibility": 32}
+    """Padding defaults to the last input stride, as Detectron2's FPN (-1); MODEL.FPN.
+    SIZE_DIVISIBILITY sets another multiple, or 0 to turn it off."""
+    for value, expected in [(-1, 32), (64, 64), (0, 0)]:
+        cfg = small_cfg(name)
+        cfg.MODEL.FPN.SIZE_DIVISIBILITY = value
+        backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=3))
+        assert backbone.size_divisibility == expected
+        assert backbone.padding_constraints == {"size_divisibility": expected}
+
+
+D2_NORM_NAMES = ["BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN", "", "NaiveSyncBN"]
+
+
+@pytest.mark.parametrize("norm", D2_NORM_NAMES, ids=[n or "none" for n in D2_NORM_NAMES])
+def test_bifpn_takes_detectron2_norm_names(norm):
+    """MODEL.BIFPN.NORM speaks get_norm's vocabulary (and the earlier "NaiveSyncBN")."""
+    cfg = small_cfg("build_retinanet_resnet_bifpn_backbone")
+    cfg.MODEL.BIFPN.NORM = norm
+    check_builder("build_retinanet_resnet_bifpn_backbone", cfg)
+
+
+def test_fusion_keys_old_and_new():
+    """MODEL.BIFPN.FUSE_TYPE (as MODEL.FPN.FUSE_TYPE) and MODEL.FPN.FUSION_EPS set the
+    BiFPN's fusion; the earlier MODEL.BIFPN.FUSION / FUSION_EPS are still read when set."""
+    def fusion_of(**keys):
+        cfg = small_cfg("build_retinanet_resnet_bifpn_backbone")
+        for key, value in keys.items():
+            cfg.merge_from_list([key.replace("__", "."), value])
+        fusion = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3)).cells[0].nodes[0].fusion
+        return fusion.method, fusion.eps
+
+    assert fusion_of() == ("fast_normalized", 1e-4)
+    assert fusion_of(MODEL__BIFPN__FUSE_TYPE="softmax", MODEL__FPN__FUSION_EPS="0.01") == ("softmax", 0.01)
+    assert fusion_of(MODEL__BIFPN__FUSION="sum", MODEL__BIFPN__FUSION_EPS="0.001") == ("sum", 0.001)

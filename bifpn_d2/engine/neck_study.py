@@ -40,6 +40,7 @@ BIFPN_BEFORE: Dict[str, str] = {
     "MODEL.BIFPN.GRAPH": "bifpn",
     "MODEL.BIFPN.CONV_INIT": "xavier_uniform",
     "MODEL.BIFPN.ACTIVATION": "swish",
+    "MODEL.BIFPN.RESIDUAL": "False",
 }
 # What the study found; the shipped BiFPN config equals it.
 BIFPN_AFTER: Dict[str, str] = dict(BIFPN_BEFORE)

@@ -1,19 +1,19 @@
 """Building blocks shared by the FPN and BiFPN necks."""
 from .conv import SeparableConvNorm
 from .fusion import FUSION_METHODS, WeightedFusion
-from .norm import ACTIVATIONS, NORMS, make_activation, make_norm
-from .resample import MaxPoolDown, ResampleToLevel
-from .same_padding import pad_same
+from .norm import ACTIVATIONS, NORMS, LayerStyle, canonical_norm, make_activation, make_norm
+from .resample import ResampleToLevel, max_pool_down
 
 __all__ = [
     "ACTIVATIONS",
     "FUSION_METHODS",
     "NORMS",
-    "MaxPoolDown",
+    "LayerStyle",
     "ResampleToLevel",
     "SeparableConvNorm",
     "WeightedFusion",
+    "canonical_norm",
     "make_activation",
     "make_norm",
-    "pad_same",
+    "max_pool_down",
 ]

@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .norm import make_norm
+from .norm import LayerStyle
 
 __all__ = ["SeparableConvNorm"]
 
@@ -15,30 +15,20 @@ class SeparableConvNorm(nn.Module):
     ``conv`` is the pointwise 1x1 after ``depthwise``, or with ``separable=False`` a dense
     3x3 conv alone (``depthwise`` is then None). A 3x3 stride-1 conv with one pixel of
     padding is identical to TF "SAME", so no padding option is needed here. ``conv`` has a
-    bias when there is no norm, or when ``bias_before_norm`` asks for the redundant one
-    that TF-trained EfficientDet checkpoints carry.
+    bias when the style asks for one (no norm, or ``bias_before_norm``).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        separable: bool = True,
-        norm: str = "BN",
-        norm_eps: float = 1e-3,
-        norm_momentum: float = 0.01,
-        bias_before_norm: bool = False,
-    ):
+    def __init__(self, channels: int, separable: bool = True, style: LayerStyle = LayerStyle()):
         super().__init__()
-        self.norm: Optional[nn.Module] = make_norm(norm, channels, norm_eps, norm_momentum)
-        bias = self.norm is None or bias_before_norm
+        self.norm: Optional[nn.Module] = style.make_norm(channels)
         if separable:
             self.depthwise: Optional[nn.Module] = nn.Conv2d(
                 channels, channels, 3, padding=1, groups=channels, bias=False
             )
-            self.conv = nn.Conv2d(channels, channels, 1, bias=bias)
+            self.conv = nn.Conv2d(channels, channels, 1, bias=style.conv_bias)
         else:
             self.depthwise = None
-            self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=style.conv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.depthwise is not None:

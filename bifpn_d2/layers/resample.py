@@ -13,29 +13,23 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import create_pool2d
 from torch import nn
 
-from .norm import make_norm
-from .same_padding import pad_same
+from .norm import LayerStyle
 
-__all__ = ["MaxPoolDown", "ResampleToLevel"]
+__all__ = ["ResampleToLevel", "max_pool_down"]
 
 
-class MaxPoolDown(nn.Module):
+def max_pool_down(same_padding: bool = False) -> nn.Module:
     """3x3 max-pool, stride 2: ``(N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2))``.
 
-    ``same_padding=True`` pads as TF "SAME" (the smaller half first), otherwise one pixel
-    on every side as PyTorch does; both give the same output size.
+    ``same_padding=True`` pads as TF "SAME" (timm's, the smaller half first), otherwise
+    one pixel on every side as PyTorch does; both give the same output size.
     """
-
-    def __init__(self, same_padding: bool = False):
-        super().__init__()
-        self.same_padding = same_padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.same_padding:
-            return F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), 3, 2)
-        return F.max_pool2d(x, 3, 2, padding=1)
+    if same_padding:
+        return create_pool2d("max", kernel_size=3, stride=2, padding="same")
+    return nn.MaxPool2d(3, 2, padding=1)
 
 
 class ResampleToLevel(nn.Module):
@@ -46,37 +40,23 @@ class ResampleToLevel(nn.Module):
     in :meth:`forward`.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        level_step: int,
-        norm: str = "BN",
-        norm_eps: float = 1e-3,
-        norm_momentum: float = 0.01,
-        same_padding: bool = False,
-        bias_before_norm: bool = False,
-    ):
+    def __init__(self, in_channels: int, out_channels: int, level_step: int, style: LayerStyle = LayerStyle()):
         """
         Args:
             in_channels, out_channels: channels before and after the edge.
             level_step: destination level minus source level (> 0 goes down in
                 resolution, < 0 goes up, 0 stays).
-            norm, norm_eps, norm_momentum: normalization after the 1x1 projection (see
-                :func:`make_norm`); no projection, hence no norm, when channels match.
-            same_padding: TF "SAME" padding for the max-pools.
-            bias_before_norm: give the projection a bias even when a norm follows (the
-                redundant bias of TF-trained EfficientDet checkpoints).
+            style: norm after the 1x1 projection (no projection, hence no norm, when
+                channels match), the projection's bias, and the max-pool's padding.
         """
         super().__init__()
         self.level_step = level_step
         self.conv: Optional[nn.Module] = None
         self.norm: Optional[nn.Module] = None
         if in_channels != out_channels:
-            norm_layer = make_norm(norm, out_channels, norm_eps, norm_momentum)
-            self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=norm_layer is None or bias_before_norm)
-            self.norm = norm_layer
-        self.pool = MaxPoolDown(same_padding)
+            self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=style.conv_bias)
+            self.norm = style.make_norm(out_channels)
+        self.pool = max_pool_down(style.same_padding)
 
     def forward(self, x: torch.Tensor, size: List[int]) -> torch.Tensor:
         """``size``: ``[H, W]`` of the destination level."""

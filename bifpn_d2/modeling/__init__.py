@@ -5,8 +5,9 @@ from .builders import __all__ as _builders
 from .efficientnet import EfficientNetBackbone
 from .fold import FrozenFusion, fold_for_inference
 from .fpn import WeightedFPN
+from .pyramid_backbone import PyramidBackbone
 from .pyramid_cell import FusionNode, PyramidCell
-from .pyramid_graph import GRAPHS, PyramidNode, bifpn_nodes, build_graph, panet_nodes
+from .pyramid_graph import GRAPHS, PyramidNode, bifpn_nodes, build_graph, panet_nodes, pyramid_levels
 from .top_blocks import ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "FusionNode",
     "GRAPHS",
     "MaxPoolTopBlock",
+    "PyramidBackbone",
     "PyramidCell",
     "PyramidNode",
     "WeightedFPN",
@@ -25,4 +27,5 @@ __all__ = [
     "build_graph",
     "fold_for_inference",
     "panet_nodes",
+    "pyramid_levels",
 ] + list(_builders)

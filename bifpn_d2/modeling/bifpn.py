@@ -5,7 +5,6 @@ A feature map travels: bottom-up network -> selected levels ``in_features`` -> t
 outputs. The cell is a node spec from :mod:`pyramid_graph` (BiFPN or PANet), so any
 contiguous range of levels works.
 """
-import math
 from typing import Dict, List, Optional
 
 import fvcore.nn.weight_init as weight_init
@@ -13,44 +12,26 @@ import torch
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
+from ..layers import LayerStyle
+from .pyramid_backbone import PyramidBackbone
 from .pyramid_cell import PyramidCell
-from .pyramid_graph import build_graph
+from .pyramid_graph import build_graph, pyramid_levels
 from .top_blocks import EfficientDetTopBlock
 
-__all__ = ["BiFPN", "CONV_INITS", "pyramid_levels"]
+__all__ = ["BiFPN", "CONV_INITS"]
 
 CONV_INITS = ("xavier_uniform", "c2_xavier")
 
 
-def pyramid_levels(bottom_up: Backbone, in_features: List[str]) -> List[int]:
-    """The level (log2 stride) of each of ``in_features``; checks that they exist and
-    are successive powers of two, lowest first."""
-    shapes = bottom_up.output_shape()
-    missing = [f for f in in_features if f not in shapes]
-    if missing or not in_features:
-        raise ValueError(
-            f"{missing} not produced by the bottom-up network, which produces {list(shapes)}"
-            if missing
-            else f"no features given; the bottom-up network produces {list(shapes)}"
-        )
-    strides = [shapes[f].stride for f in in_features]
-    levels = [int(round(math.log2(s))) for s in strides]
-    if any(2**level != s for level, s in zip(levels, strides)) or any(
-        b != a + 1 for a, b in zip(levels, levels[1:])
-    ):
-        raise ValueError(
-            f"strides {strides}: the features must be at successive "
-            "powers of two in increasing order (e.g. 8, 16, 32)"
-        )
-    return levels
-
-
-class BiFPN(Backbone):
+class BiFPN(PyramidBackbone):
     """Bottom-up network + top block + repeated BiFPN (or PANet) cells.
 
     Output ``p{l}`` for ``l`` in ``min_level..max_level`` has shape
     ``(N, out_channels, ceil(H / 2**l), ceil(W / 2**l))`` for an ``(N, 3, H, W)`` input of
-    any size.
+    any size. With ``channels_last`` (the default) the cells compute in channels-last
+    memory layout and the outputs are channels-last tensors (same shapes and values;
+    ``.contiguous()`` gives NCHW): depthwise convs, max-pools and resizes run several
+    times faster that way on CPU, and convolutions that follow in a head keep it.
     """
 
     def __init__(
@@ -71,8 +52,10 @@ class BiFPN(Backbone):
         norm_momentum: float = 0.01,
         same_padding: bool = False,
         bias_before_norm: bool = False,
-        size_divisibility: int = 0,
+        size_divisibility: Optional[int] = None,
         conv_init: str = "xavier_uniform",
+        channels_last: bool = True,
+        residual: bool = False,
     ):
         """
         Args:
@@ -88,77 +71,61 @@ class BiFPN(Backbone):
                 adds, e.g. :class:`ConvP6P7TopBlock` from ``"res5"``); it must output
                 ``out_channels`` channels. ``max_level``, if given, must agree with it.
             graph: ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
-            fusion, fusion_eps, activation, separable_conv, norm, norm_eps, norm_momentum,
-                same_padding, bias_before_norm: see :class:`PyramidCell`.
-            size_divisibility: what Detectron2 pads input images to a multiple of. The
-                BiFPN needs no padding (0); heads that upsample by fixed factors and add
-                levels together, such as ``SemSegFPNHead``, need ``2**max_level`` of what
-                they read (32 for P2-P5).
+            fusion, fusion_eps, activation, separable_conv: see :class:`PyramidCell`.
+            norm, norm_eps, norm_momentum, same_padding, bias_before_norm: the
+                :class:`~bifpn_d2.layers.LayerStyle` of every layer of the neck.
+            size_divisibility: see :class:`PyramidBackbone` (None: the last input stride).
             conv_init: initialisation of the cells' convs: ``"xavier_uniform"`` (Glorot
                 uniform, EfficientDet's) or ``"c2_xavier"`` (uniform with variance
                 1 / fan-in, Detectron2's FPN); biases are zero either way.
+            channels_last: compute the cells in channels-last memory layout (see above).
+            residual: every cell whose inputs all have ``out_channels`` channels (all but
+                the first, unless the inputs already have the width) adds its inputs to
+                its outputs and starts as the identity (its output norms' scales are
+                zero), so that depth does not slow training down (see :class:`PyramidCell`).
         """
-        super().__init__()
-        if out_channels < 1 or num_cells < 1:
-            raise ValueError(f"out_channels={out_channels} and num_cells={num_cells} must be >= 1")
-        if size_divisibility < 0:
-            raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
-        self._size_divisibility = size_divisibility
+        if num_cells < 1:
+            raise ValueError(f"num_cells={num_cells} must be >= 1")
         if conv_init not in CONV_INITS:
             raise ValueError(f"conv_init {conv_init!r} is not one of {list(CONV_INITS)}")
         levels = pyramid_levels(bottom_up, in_features)
-        min_level, last_input_level = levels[0], levels[-1]
         if top_block is not None:
-            implied = last_input_level + top_block.num_levels
+            implied = levels[-1] + top_block.num_levels
             if max_level is not None and max_level != implied:
                 raise ValueError(f"max_level={max_level} disagrees with the top block, which ends at P{implied}")
             max_level = implied
         if max_level is None:
             raise ValueError("give max_level or a top_block")
-        if max_level < last_input_level:
-            raise ValueError(f"max_level={max_level} is below the last input level {last_input_level}")
-        if max_level - min_level + 1 < 3:
-            raise ValueError(f"BiFPN needs at least 3 levels, got P{min_level}-P{max_level}")
-        self.bottom_up = bottom_up
-        self.in_features = list(in_features)
+        if max_level < levels[-1]:
+            raise ValueError(f"max_level={max_level} is below the last input level {levels[-1]}")
+        if max_level - levels[0] + 1 < 3:
+            raise ValueError(f"BiFPN needs at least 3 levels, got P{levels[0]}-P{max_level}")
+        super().__init__(bottom_up, in_features, out_channels, max_level - levels[-1], size_divisibility)
+        style = LayerStyle(norm, norm_eps, norm_momentum, same_padding, bias_before_norm)
         in_shapes = bottom_up.output_shape()
         in_channels = [in_shapes[f].channels for f in in_features]
-
-        norm_args = dict(norm=norm, norm_eps=norm_eps, norm_momentum=norm_momentum,
-                         same_padding=same_padding, bias_before_norm=bias_before_norm)
-        num_extra = max_level - last_input_level
+        num_extra = max_level - levels[-1]
         if top_block is None and num_extra > 0:
-            top_block = EfficientDetTopBlock(
-                in_channels[-1], out_channels, num_extra, in_features[-1], **norm_args
-            )
-        if top_block is not None and top_block.in_feature not in in_shapes:
-            raise ValueError(
-                f"the top block reads {top_block.in_feature!r}, which the bottom-up network does not "
-                f"produce ({list(in_shapes)})"
-            )
+            top_block = EfficientDetTopBlock(in_channels[-1], out_channels, num_extra, in_features[-1], style)
+        self.check_top_block(top_block, list(in_shapes))
         self.top_block = top_block
         in_channels += [out_channels] * num_extra
 
-        nodes = build_graph(graph, min_level, max_level)
+        nodes = build_graph(graph, self.min_level, self.max_level)
         self.cells = nn.ModuleList()
         for _ in range(num_cells):
             self.cells.append(
-                PyramidCell(nodes, min_level, in_channels, out_channels, fusion, fusion_eps,
-                            activation, separable_conv, **norm_args)
+                PyramidCell(nodes, self.min_level, in_channels, out_channels, fusion, fusion_eps, activation,
+                            separable_conv, style, residual)
             )
             in_channels = [out_channels] * len(in_channels)
         self._init_weights(conv_init)
-
-        self.min_level, self.max_level = min_level, max_level
-        self._out_features = [f"p{level}" for level in range(min_level, max_level + 1)]
-        self._out_feature_channels = {name: out_channels for name in self._out_features}
-        self._out_feature_strides = {
-            f"p{level}": 2**level for level in range(min_level, max_level + 1)
-        }
+        self.channels_last = channels_last
 
     def _init_weights(self, conv_init: str) -> None:
         """Convs of the cells per ``conv_init``, with zero bias; norms and fusion weights
-        keep their 1/0 and 1 initialisation. The top block initialises itself."""
+        keep their 1/0 and 1 initialisation, except the output norms of residual cells
+        (scale 0). The top block initialises itself."""
         for m in self.cells.modules():
             if isinstance(m, nn.Conv2d):
                 if conv_init == "xavier_uniform":
@@ -167,15 +134,8 @@ class BiFPN(Backbone):
                     weight_init.c2_xavier_fill(m)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-    @property
-    def size_divisibility(self) -> int:
-        """0 by default: every level is resized to its exact size, so no padding is needed."""
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self._size_divisibility}
+        for cell in self.cells:
+            cell.zero_init_residual()
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -186,19 +146,10 @@ class BiFPN(Backbone):
         """
         bottom_up_features = self.bottom_up(x)
         features: List[torch.Tensor] = [bottom_up_features[name] for name in self.in_features]
-        on_cpu = features[0].device.type == "cpu"
-        if on_cpu:
-            # On CPU the depthwise convs, max-pools and resizes of the cells run several
-            # times faster in channels-last layout (oneDNN kernels); same values up to rounding.
-            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         if self.top_block is not None:
-            source = bottom_up_features[self.top_block.in_feature]
-            if on_cpu:
-                source = source.contiguous(memory_format=torch.channels_last)
-            features = features + self.top_block(source)
+            features = features + self.top_block(bottom_up_features[self.top_block.in_feature])
+        if self.channels_last:
+            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         for cell in self.cells:
             features = cell(features)
-        outputs: Dict[str, torch.Tensor] = {}
-        for name, feature in zip(self._out_features, features):
-            outputs[name] = feature
-        return outputs
+        return self.named_outputs(features)

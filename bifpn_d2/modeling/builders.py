@@ -10,15 +10,20 @@ Every pyramid builder exists in two flavours, as in Detectron2:
 The pyramid's inputs are ``MODEL.FPN.IN_FEATURES`` in both cases; the flavour only sets
 the default top block and ``MAX_LEVEL``.
 """
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
+from torch import nn
 
-from ..config import check_choice, check_non_negative, check_positive
-from ..layers import ACTIVATIONS, FUSION_METHODS, NORMS
-from .bifpn import CONV_INITS, BiFPN, pyramid_levels
-from .efficientnet import EFFICIENTNET_NAMES, EFFICIENTNET_NORMS, EfficientNetBackbone
+from ..config import check_choice, check_positive
+from ..layers import ACTIVATIONS, FUSION_METHODS, NORMS, LayerStyle
+from ..layers.norm import NORM_ALIASES
+from .bifpn import CONV_INITS, BiFPN
+from .efficientnet import EFFICIENTNET_NAMES, EFFICIENTNET_NORMS, FEATURE_NAMES, EfficientNetBackbone
 from .fpn import WeightedFPN
-from .pyramid_graph import GRAPHS
+from .pyramid_graph import GRAPHS, pyramid_levels
 from .top_blocks import TOP_BLOCKS, ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
 
 __all__ = [
@@ -33,8 +38,15 @@ __all__ = [
     "build_retinanet_efficientnet_weighted_fpn_backbone",
 ]
 
-# Per flavour: number of levels added above the last input, and the FPN top block.
-_FLAVOURS = {"rcnn": (1, "maxpool"), "retinanet": (2, "p6p7_c5")}
+@dataclass(frozen=True)
+class Flavour:
+    """A pyramid flavour: levels added above the last input, and the FPN's top block."""
+
+    num_extra_levels: int
+    fpn_top_block: str
+
+
+FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5.
 BIFPN_TOP_BLOCKS = ("efficientdet", "p6p7_c5")
 # MODEL.FPN.NORM goes to Detectron2's get_norm (lateral and output convs), which knows these.
@@ -45,14 +57,20 @@ _D2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "n
 def build_efficientnet_backbone(cfg, input_shape: ShapeSpec) -> EfficientNetBackbone:
     """timm EfficientNet alone (outputs ``c1``..``c5``); reads ``MODEL.EFFICIENTNET.*``
     and ``MODEL.BACKBONE.FREEZE_AT``."""
+    return _efficientnet(cfg, input_shape, None)
+
+
+def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]) -> EfficientNetBackbone:
     ec = cfg.MODEL.EFFICIENTNET
     check_choice("MODEL.EFFICIENTNET.NAME", ec.NAME, EFFICIENTNET_NAMES)
     check_choice("MODEL.EFFICIENTNET.NORM", ec.NORM, EFFICIENTNET_NORMS)
     check_choice("MODEL.BACKBONE.FREEZE_AT", cfg.MODEL.BACKBONE.FREEZE_AT, range(6))
     if input_shape.channels != 3:
         raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
+    if out_features is not None and not set(out_features) <= set(FEATURE_NAMES):
+        out_features = None  # let the pyramid report what the bottom-up network produces
     try:
-        return EfficientNetBackbone(ec.NAME, None, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
+        return EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
                                     ec.DROP_PATH_RATE, ec.WEIGHTS)
     except (OSError, ValueError) as e:
         if not ec.WEIGHTS:
@@ -61,7 +79,10 @@ def build_efficientnet_backbone(cfg, input_shape: ShapeSpec) -> EfficientNetBack
 
 
 def _bottom_up(cfg, input_shape: ShapeSpec, kind: str) -> Backbone:
-    return build_resnet_backbone(cfg, input_shape) if kind == "resnet" else build_efficientnet_backbone(cfg, input_shape)
+    """ResNet (Detectron2's builder), or EfficientNet built up to MODEL.FPN.IN_FEATURES."""
+    if kind == "resnet":
+        return build_resnet_backbone(cfg, input_shape)
+    return _efficientnet(cfg, input_shape, list(cfg.MODEL.FPN.IN_FEATURES))
 
 
 def _input_levels(cfg, bottom_up: Backbone, kind: str) -> list:
@@ -72,58 +93,90 @@ def _input_levels(cfg, bottom_up: Backbone, kind: str) -> list:
         raise ValueError(f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)}: {e}{hint}") from None
 
 
+def _size_divisibility(cfg) -> Optional[int]:
+    """MODEL.FPN.SIZE_DIVISIBILITY: -1 -> None (the last input stride), else the value."""
+    value = cfg.MODEL.FPN.SIZE_DIVISIBILITY
+    if not isinstance(value, int) or value < -1:
+        raise ValueError(f"MODEL.FPN.SIZE_DIVISIBILITY={value!r} is not valid; it must be -1 (the stride of the "
+                         "last input level, as Detectron2's FPN), 0 (no padding) or a positive integer")
+    return None if value == -1 else value
+
+
+def _fusion_eps(cfg) -> float:
+    """MODEL.FPN.FUSION_EPS, or the earlier MODEL.BIFPN.FUSION_EPS when a config sets it."""
+    return cfg.MODEL.BIFPN.FUSION_EPS if cfg.MODEL.BIFPN.FUSION_EPS >= 0 else cfg.MODEL.FPN.FUSION_EPS
+
+
+def _top_block(name: str, cfg, bottom_up: Backbone, levels: List[int], out_channels: int, num_levels: int,
+               style: LayerStyle) -> nn.Module:
+    """The top block ``name`` over the last input (``c5``) or output (``p5``) level."""
+    last_input = cfg.MODEL.FPN.IN_FEATURES[-1]
+    last_channels = bottom_up.output_shape()[last_input].channels
+    last_output = f"p{levels[-1]}"
+    makers: Dict[str, Callable[[], nn.Module]] = {
+        "maxpool": lambda: MaxPoolTopBlock(last_output),
+        "p6p7_c5": lambda: ConvP6P7TopBlock(last_channels, out_channels, last_input, num_levels),
+        "p6p7_p5": lambda: ConvP6P7TopBlock(out_channels, out_channels, last_output, num_levels),
+        "efficientdet": lambda: EfficientDetTopBlock(last_channels, out_channels, num_levels, last_input, style),
+    }
+    return makers[name]()
+
+
 def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
     bc = cfg.MODEL.BIFPN
+    fuse_type = bc.FUSION or bc.FUSE_TYPE  # the earlier key wins where a config still sets it
     check_positive("MODEL.BIFPN.OUT_CHANNELS", bc.OUT_CHANNELS)
     check_positive("MODEL.BIFPN.NUM_CELLS", bc.NUM_CELLS)
     check_choice("MODEL.BIFPN.GRAPH", bc.GRAPH, sorted(GRAPHS))
-    check_choice("MODEL.BIFPN.FUSION", bc.FUSION, FUSION_METHODS)
+    check_choice("MODEL.BIFPN.FUSION" if bc.FUSION else "MODEL.BIFPN.FUSE_TYPE", fuse_type, FUSION_METHODS)
     check_choice("MODEL.BIFPN.ACTIVATION", bc.ACTIVATION, ACTIVATIONS)
-    check_choice("MODEL.BIFPN.NORM", bc.NORM, NORMS)
-    check_non_negative("MODEL.FPN.SIZE_DIVISIBILITY", cfg.MODEL.FPN.SIZE_DIVISIBILITY)
+    check_choice("MODEL.BIFPN.NORM", bc.NORM, NORMS + NORM_ALIASES)
+    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, BIFPN_TOP_BLOCKS)
+    check_choice("MODEL.BIFPN.CONV_INIT", bc.CONV_INIT, CONV_INITS)
+    size_divisibility = _size_divisibility(cfg)
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
     if levels[0] < 2:
         raise ValueError(f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)} start at P{levels[0]}; "
                          "BiFPN levels lie within P2-P8")
-    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, BIFPN_TOP_BLOCKS)
-    check_choice("MODEL.BIFPN.CONV_INIT", bc.CONV_INIT, CONV_INITS)
-    max_level = bc.MAX_LEVEL or levels[-1] + _FLAVOURS[flavour][0]
+    default_max = levels[-1] + FLAVOURS[flavour].num_extra_levels
+    max_level = bc.MAX_LEVEL or default_max
     allowed = list(range(max(levels[-1], levels[0] + 2), 9))
     if max_level not in allowed:
         raise ValueError(
             f"MODEL.BIFPN.MAX_LEVEL={bc.MAX_LEVEL} gives P{levels[0]}-P{max_level} over MODEL.FPN.IN_FEATURES="
             f"{list(cfg.MODEL.FPN.IN_FEATURES)}; a BiFPN needs at least 3 levels within P2-P8: "
-            f"allowed values: {[0] + allowed} (0 = P{levels[-1] + _FLAVOURS[flavour][0]})"
+            f"allowed values: {[0] + allowed} (0 = P{default_max})"
         )
     num_extra = max_level - levels[-1]
-    top_block = None  # the BiFPN's default: EfficientDet's max-pool levels
-    if bc.TOP_BLOCK == "p6p7_c5" and num_extra > 0:
-        if num_extra > 2:
-            raise ValueError(f"MODEL.BIFPN.TOP_BLOCK='p6p7_c5' makes at most 2 levels above the last input, "
-                             f"MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; use 'efficientdet' for more")
-        last_input = cfg.MODEL.FPN.IN_FEATURES[-1]
-        top_block = ConvP6P7TopBlock(bottom_up.output_shape()[last_input].channels, bc.OUT_CHANNELS,
-                                     last_input, num_extra)
+    if bc.TOP_BLOCK == "p6p7_c5" and num_extra > 2:
+        raise ValueError(f"MODEL.BIFPN.TOP_BLOCK='p6p7_c5' makes at most 2 levels above the last input, "
+                         f"MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; use 'efficientdet' for more")
+    style = LayerStyle(bc.NORM, bc.NORM_EPS, bc.NORM_MOMENTUM, bc.SAME_PADDING, bc.BIAS_BEFORE_NORM)
+    top_block = None
+    if num_extra > 0:
+        top_block = _top_block(bc.TOP_BLOCK, cfg, bottom_up, levels, bc.OUT_CHANNELS, num_extra, style)
     return BiFPN(
         bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=bc.OUT_CHANNELS,
         num_cells=bc.NUM_CELLS,
-        max_level=max_level,
         top_block=top_block,
+        max_level=max_level,
         graph=bc.GRAPH,
-        fusion=bc.FUSION,
-        fusion_eps=bc.FUSION_EPS,
+        fusion=fuse_type,
+        fusion_eps=_fusion_eps(cfg),
         activation=bc.ACTIVATION,
         separable_conv=bc.SEPARABLE_CONV,
-        norm=bc.NORM,
-        norm_eps=bc.NORM_EPS,
-        norm_momentum=bc.NORM_MOMENTUM,
-        same_padding=bc.SAME_PADDING,
-        bias_before_norm=bc.BIAS_BEFORE_NORM,
-        size_divisibility=cfg.MODEL.FPN.SIZE_DIVISIBILITY,
+        norm=style.norm,
+        norm_eps=style.norm_eps,
+        norm_momentum=style.norm_momentum,
+        same_padding=style.same_padding,
+        bias_before_norm=style.bias_before_norm,
+        size_divisibility=size_divisibility,
         conv_init=bc.CONV_INIT,
+        channels_last=bc.CHANNELS_LAST,
+        residual=bc.RESIDUAL,
     )
 
 
@@ -131,28 +184,17 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     fc = cfg.MODEL.FPN
     check_positive("MODEL.FPN.OUT_CHANNELS", fc.OUT_CHANNELS)
     check_choice("MODEL.FPN.FUSE_TYPE", fc.FUSE_TYPE, FUSION_METHODS)
-    check_non_negative("MODEL.FPN.SIZE_DIVISIBILITY", fc.SIZE_DIVISIBILITY)
-    num_extra, default_top = _FLAVOURS[flavour]
-    top_name = fc.TOP_BLOCK or default_top
+    size_divisibility = _size_divisibility(cfg)
+    top_name = fc.TOP_BLOCK or FLAVOURS[flavour].fpn_top_block
     check_choice("MODEL.FPN.TOP_BLOCK", top_name, TOP_BLOCKS + ("",))
-    # The efficientdet top block also passes it to our make_norm: only names both know.
-    fpn_norms = [n for n in _D2_NORMS if top_name != "efficientdet" or n in NORMS]
-    check_choice("MODEL.FPN.NORM", fc.NORM, fpn_norms)
+    check_choice("MODEL.FPN.NORM", fc.NORM, _D2_NORMS)
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
-    last_input = fc.IN_FEATURES[-1]
-    last_channels = bottom_up.output_shape()[last_input].channels
-    last_output = f"p{levels[-1]}"
-    if top_name == "maxpool":
-        top_block = MaxPoolTopBlock(last_output)
-    elif top_name == "p6p7_c5":
-        top_block = ConvP6P7TopBlock(last_channels, fc.OUT_CHANNELS, last_input)
-    elif top_name == "p6p7_p5":
-        top_block = ConvP6P7TopBlock(fc.OUT_CHANNELS, fc.OUT_CHANNELS, last_output)
-    else:
-        top_block = EfficientDetTopBlock(last_channels, fc.OUT_CHANNELS, num_extra, last_input, fc.NORM)
-    return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE, fc.FUSION_EPS,
-                       fc.SIZE_DIVISIBILITY)
+    # Detectron2's P6/P7 are two levels whatever the flavour; EfficientDet's fill the flavour.
+    num_levels = FLAVOURS[flavour].num_extra_levels if top_name == "efficientdet" else 2
+    top_block = _top_block(top_name, cfg, bottom_up, levels, fc.OUT_CHANNELS, num_levels, LayerStyle(fc.NORM))
+    return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE, _fusion_eps(cfg),
+                       size_divisibility)
 
 
 @BACKBONE_REGISTRY.register()

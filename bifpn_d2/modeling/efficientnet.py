@@ -5,7 +5,7 @@ hard-coded tables: output ``c{l}`` is the last block at stride ``2**l`` (``c1``.
 the "C" maps of the FPN paper).
 """
 from collections.abc import Sequence
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import timm
 import torch
@@ -15,15 +15,18 @@ from torch import nn
 
 from ..checkpoint import load_backbone_weights
 
-__all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "EfficientNetBackbone"]
+__all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "FEATURE_NAMES", "EfficientNetBackbone"]
 
 EFFICIENTNET_NAMES = tuple(f"{prefix}efficientnet_b{i}" for prefix in ("", "tf_") for i in range(8))
-EFFICIENTNET_NORMS = ("BN", "FrozenBN", "SyncBN")
+# Detectron2's names of the norms timm's blocks can be converted to ("nnSyncBN" = "SyncBN").
+EFFICIENTNET_NORMS = ("BN", "FrozenBN", "SyncBN", "nnSyncBN")
+FEATURE_NAMES = ("c1", "c2", "c3", "c4", "c5")  # strides 2..32, timm's feature indices 0..4
 
 
 class EfficientNetBackbone(Backbone):
     """``(N, 3, H, W) -> {"c1": (N, C1, H/2, W/2), ..., "c5": (N, C5, H/32, W/32)}``
-    (sizes rounded up), restricted to ``out_features``."""
+    (sizes rounded up), restricted to ``out_features``: only the stages up to the last of
+    them are built, and timm returns only those maps (its ``out_indices``)."""
 
     def __init__(
         self,
@@ -52,45 +55,53 @@ class EfficientNetBackbone(Backbone):
             raise ValueError(f"model_name {model_name!r} is not one of {list(EFFICIENTNET_NAMES)}")
         if norm not in EFFICIENTNET_NORMS:
             raise ValueError(f"norm {norm!r} is not one of {list(EFFICIENTNET_NORMS)}")
+        out_features = list(out_features) if out_features is not None else list(FEATURE_NAMES)
+        unknown = [f for f in out_features if f not in FEATURE_NAMES]
+        if unknown or not out_features:
+            raise ValueError(f"out_features {out_features} must be among the outputs {list(FEATURE_NAMES)} "
+                             f"of {model_name}")
+        out_features = sorted(set(out_features), key=FEATURE_NAMES.index)
+        if freeze_at < 0 or freeze_at > len(FEATURE_NAMES):
+            raise ValueError(f"freeze_at={freeze_at} must be within 0..{len(FEATURE_NAMES)}")
         body = timm.create_model(
-            model_name, pretrained=False, features_only=True, drop_path_rate=drop_path_rate
+            model_name,
+            pretrained=False,
+            features_only=True,
+            out_indices=[FEATURE_NAMES.index(f) for f in out_features],
+            drop_path_rate=drop_path_rate,
         )
         if weights:
             load_backbone_weights(body, weights)
-        info = body.feature_info.get_dicts()
-        names = [f"c{int(d['reduction']).bit_length() - 1}" for d in info]
-        out_features = list(out_features) if out_features is not None else names
-        unknown = [f for f in out_features if f not in names]
-        if unknown:
-            raise ValueError(f"out_features {unknown} are not among the outputs {names} of {model_name}")
-        if freeze_at < 0 or freeze_at > len(names):
-            raise ValueError(f"freeze_at={freeze_at} must be within 0..{len(names)}")
+        stages = body.feature_info.info  # every stage, whether returned or not
+        # Blocks after the last returned stage would run for nothing: drop them.
+        last_block = int(stages[FEATURE_NAMES.index(out_features[-1])]["module"].split(".")[1])
+        body.blocks = body.blocks[: last_block + 1]
 
         if norm == "FrozenBN":
             body = freeze_batch_norm_2d(body)
-        elif norm == "SyncBN":
+        elif norm in ("SyncBN", "nnSyncBN"):
             body = convert_sync_batchnorm(body)
         if freeze_at > 0:
-            _freeze_up_to(body, [d["module"] for d, n in zip(info, names) if int(n[1:]) <= freeze_at])
+            _freeze_up_to(body, stages[freeze_at - 1]["module"])
 
         self.body = body
         self.model_name = model_name
-        self._feature_names: List[str] = names
         self._out_features = out_features
-        self._out_feature_channels = {n: d["num_chs"] for n, d in zip(names, info) if n in out_features}
-        self._out_feature_strides = {n: d["reduction"] for n, d in zip(names, info) if n in out_features}
+        returned = {FEATURE_NAMES[d["index"]]: d for d in body.feature_info.get_dicts()}
+        self._out_feature_channels = {n: returned[n]["num_chs"] for n in out_features}
+        self._out_feature_strides = {n: returned[n]["reduction"] for n in out_features}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         outputs: Dict[str, torch.Tensor] = {}
-        for name, feature in zip(self._feature_names, self.body(x)):
-            if name in self._out_features:
-                outputs[name] = feature
+        for name, feature in zip(self._out_features, self.body(x)):
+            outputs[name] = feature
         return outputs
 
 
-def _freeze_up_to(body: nn.Module, frozen_modules: List[str]) -> None:
-    """Freeze the stem and every block up to the last of ``frozen_modules`` (``blocks.i``)."""
-    last_block = max(int(name.split(".")[1]) for name in frozen_modules)
+def _freeze_up_to(body: nn.Module, last_frozen: str) -> None:
+    """Freeze the stem and every block up to ``last_frozen`` (``"blocks.i"``), turning
+    their batch norms into frozen ones."""
+    last_block = min(int(last_frozen.split(".")[1]), len(body.blocks) - 1)
     parts = [body.conv_stem, body.bn1] + [body.blocks[i] for i in range(last_block + 1)]
     for part in parts:
         for p in part.parameters():

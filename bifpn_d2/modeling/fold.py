@@ -24,13 +24,16 @@ they are. The copy is in eval mode with gradients off; the original is not modif
 """
 
 import copy
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple, Type
 
 import torch
 from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
+from timm.models._efficientnet_blocks import ConvBnAct, DepthwiseSeparableConv, EdgeResidual, InvertedResidual
+from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..layers import ResampleToLevel, SeparableConvNorm, WeightedFusion
 from .fpn import WeightedFPN
@@ -43,14 +46,15 @@ __all__ = ["FrozenFusion", "fold_for_inference"]
 _PLAIN_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, NaiveSyncBatchNorm, FrozenBatchNorm2d)
 _NORM_ACTS = (BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct)
 
-# timm EfficientNet building blocks: (conv, the norm right after it) attribute pairs.
-_TIMM_CONV_NORMS: Dict[str, Tuple[Tuple[str, str], ...]] = {
-    "EfficientNet": (("conv_stem", "bn1"),),
-    "EfficientNetFeatures": (("conv_stem", "bn1"),),
-    "ConvBnAct": (("conv", "bn1"),),
-    "DepthwiseSeparableConv": (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
-    "InvertedResidual": (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
-    "EdgeResidual": (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+# timm EfficientNet building blocks, by type (a renamed class fails loudly at import):
+# (conv, the norm right after it) attribute pairs.
+_TIMM_CONV_NORMS: Dict[Type[nn.Module], Tuple[Tuple[str, str], ...]] = {
+    EfficientNet: (("conv_stem", "bn1"),),
+    EfficientNetFeatures: (("conv_stem", "bn1"),),
+    ConvBnAct: (("conv", "bn1"),),
+    DepthwiseSeparableConv: (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    InvertedResidual: (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    EdgeResidual: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
 }
 
 
@@ -85,30 +89,24 @@ class FrozenFusion(nn.Module):
         return "weights=[" + ", ".join(f"{w:.4f}" for w in self.weights) + "]"
 
 
-def _norm_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(scale, shift)`` with ``normalise(x) == x * scale + shift`` per channel in eval
-    mode, or None when ``norm`` is not a batch norm with running statistics."""
-    if type(norm) not in _PLAIN_NORMS + _NORM_ACTS or norm.running_var is None:
-        return None
-    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
-    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
-    scale = weight * torch.rsqrt(norm.running_var + norm.eps)
-    return scale, bias - norm.running_mean * scale
+def _has_statistics(norm: nn.Module) -> bool:
+    """Whether ``norm`` is a batch norm that normalises with running statistics in eval
+    mode (so that it is a per-channel affine map that a conv can absorb)."""
+    return type(norm) in _PLAIN_NORMS + _NORM_ACTS and norm.running_var is not None
 
 
 @torch.no_grad()
 def _fold_into(conv: nn.Module, norm: nn.Module, done: Set[int]) -> bool:
-    """Fold ``norm`` into the ``nn.Conv2d`` ``conv`` in place; False (and nothing changed)
-    if either cannot take part, or if ``conv`` (a module shared by several parents) is in
-    ``done``, the ids of the convs folded so far, to which it is added."""
-    affine = _norm_affine(norm) if isinstance(conv, nn.Conv2d) and id(conv) not in done else None
-    if affine is None:
+    """Fold ``norm`` into the ``nn.Conv2d`` ``conv`` in place (PyTorch's
+    ``fuse_conv_bn_weights`` arithmetic); False (and nothing changed) if either cannot
+    take part, or if ``conv`` (a module shared by several parents) is in ``done``, the ids
+    of the convs folded so far, to which it is added."""
+    if not isinstance(conv, nn.Conv2d) or id(conv) in done or not _has_statistics(norm):
         return False
     done.add(id(conv))
-    scale, shift = affine
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(bias * scale + shift)
+    conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+    )
     return True
 
 
@@ -159,7 +157,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
                 conv, norm = module[index], module[index + 1]
                 if _is_plain_conv(conv) and type(norm) in _PLAIN_NORMS and _fold_into(conv, norm, done):
                     module[index + 1] = nn.Identity()
-        for conv_name, norm_name in _TIMM_CONV_NORMS.get(type(module).__name__, ()):
+        for conv_name, norm_name in _TIMM_CONV_NORMS.get(type(module), ()):
             conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
             if conv is not None and norm is not None and _fold_into(conv, norm, done):
                 setattr(module, norm_name, _after_norm(norm) if type(norm) in _NORM_ACTS else nn.Identity())

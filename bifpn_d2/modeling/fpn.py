@@ -6,7 +6,8 @@ those of ``detectron2.modeling.backbone.FPN``, so Detectron2 model zoo checkpoin
 unchanged. Two things differ by design:
 
 - the top-down path resizes to the exact size of the finer level instead of a fixed
-  factor of 2, so inputs of any size work (Detectron2's FPN needs multiples of 32);
+  factor of 2, so inputs of any size work (Detectron2's FPN needs multiples of 32; by
+  default ours asks Detectron2 for the same padding, so a checkpoint sees the same input);
 - ``fuse_type`` also accepts the learnable fusions of EfficientDet (``weighted``,
   ``softmax``, ``fast_normalized``), whose weights live in ``fpn_fusion{stage}``.
 """
@@ -21,12 +22,12 @@ from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from ..layers import WeightedFusion
-from .bifpn import pyramid_levels
+from .pyramid_backbone import PyramidBackbone
 
 __all__ = ["WeightedFPN"]
 
 
-class WeightedFPN(Backbone):
+class WeightedFPN(PyramidBackbone):
     """Bottom-up network + lateral 1x1 convs + top-down fusion + 3x3 output convs.
 
     Output ``p{l}`` has shape ``(N, out_channels, ceil(H / 2**l), ceil(W / 2**l))`` for each
@@ -42,7 +43,7 @@ class WeightedFPN(Backbone):
         top_block: Optional[nn.Module] = None,
         fuse_type: str = "sum",
         fusion_eps: float = 1e-4,
-        size_divisibility: int = 0,
+        size_divisibility: Optional[int] = None,
     ):
         """
         Args:
@@ -56,16 +57,12 @@ class WeightedFPN(Backbone):
             fuse_type: one of :data:`FUSION_METHODS` for merging the upsampled coarser
                 level into each lateral.
             fusion_eps: epsilon of ``fast_normalized`` fusion.
-            size_divisibility: what Detectron2 pads input images to a multiple of: 0 (no
-                padding) suffices for this FPN; ``SemSegFPNHead`` needs 32 over P2-P5.
+            size_divisibility: see :class:`PyramidBackbone` (None: the last input stride,
+                as Detectron2's FPN).
         """
-        super().__init__()
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be >= 1, got {out_channels}")
-        if size_divisibility < 0:
-            raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
-        self._size_divisibility = size_divisibility
-        levels = pyramid_levels(bottom_up, in_features)
+        num_extra = top_block.num_levels if top_block is not None else 0
+        super().__init__(bottom_up, in_features, out_channels, num_extra, size_divisibility)
+        levels = self.input_levels
         in_shapes = bottom_up.output_shape()
         use_bias = norm == ""
         lateral_convs, output_convs, fusions = [], [], []
@@ -90,16 +87,9 @@ class WeightedFPN(Backbone):
         self.lateral_convs = lateral_convs[::-1]
         self.output_convs = output_convs[::-1]
         self.fusions = fusions[::-1]
-        self.bottom_up = bottom_up
-        self.in_features = list(in_features)
+        self.check_top_block(top_block, list(in_shapes) + self._out_features[: len(levels)])
         self.top_block = top_block
         self.fuse_type = fuse_type
-
-        self._out_features = [f"p{level}" for level in levels]
-        if top_block is not None:
-            self._out_features += [f"p{levels[-1] + i}" for i in range(1, top_block.num_levels + 1)]
-        self._out_feature_channels = {name: out_channels for name in self._out_features}
-        self._out_feature_strides = {name: 2 ** int(name[1:]) for name in self._out_features}
 
     def __prepare_scriptable__(self) -> "WeightedFPN":
         """TorchScript cannot iterate plain lists of modules: script a copy that holds
@@ -111,15 +101,6 @@ class WeightedFPN(Backbone):
             if name.startswith("fpn_"):
                 delattr(scriptable, name)
         return scriptable
-
-    @property
-    def size_divisibility(self) -> int:
-        """0 by default: the top-down path resizes to exact sizes, so no padding is needed."""
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self._size_divisibility}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -150,7 +131,4 @@ class WeightedFPN(Backbone):
             else:
                 source = results[self._out_features.index(name)]
             results.extend(self.top_block(source))
-        outputs: Dict[str, torch.Tensor] = {}
-        for name, feature in zip(self._out_features, results):
-            outputs[name] = feature
-        return outputs
+        return self.named_outputs(results)

@@ -5,7 +5,7 @@ from typing import List
 import torch
 from torch import nn
 
-from ..layers import ResampleToLevel, SeparableConvNorm, WeightedFusion, make_activation
+from ..layers import LayerStyle, ResampleToLevel, SeparableConvNorm, WeightedFusion, make_activation
 from .pyramid_graph import PyramidNode, output_node_ids
 
 __all__ = ["PyramidCell", "FusionNode"]
@@ -25,30 +25,30 @@ class FusionNode(nn.Module):
         level_steps: Sequence[int],
         level_index: int,
         out_channels: int,
-        fusion: str,
-        fusion_eps: float,
-        activation: str,
-        separable_conv: bool,
-        norm: str,
-        norm_eps: float,
-        norm_momentum: float,
-        same_padding: bool,
-        bias_before_norm: bool,
+        fusion: str = "fast_normalized",
+        fusion_eps: float = 1e-4,
+        activation: str = "swish",
+        separable_conv: bool = True,
+        style: LayerStyle = LayerStyle(),
     ):
+        """
+        Args:
+            input_ids: the node ids this node fuses.
+            input_channels, level_steps: each input's channels, and this node's level
+                minus the input's level.
+            level_index: this node's level minus the cell's lowest level.
+            out_channels, fusion, fusion_eps, activation, separable_conv, style: see
+                :class:`PyramidCell`.
+        """
         super().__init__()
         self.input_ids: List[int] = list(input_ids)
         self.level_index = level_index
         self.edges = nn.ModuleList(
-            ResampleToLevel(
-                in_ch, out_channels, step, norm, norm_eps, norm_momentum, same_padding, bias_before_norm
-            )
-            for in_ch, step in zip(input_channels, level_steps)
+            ResampleToLevel(in_ch, out_channels, step, style) for in_ch, step in zip(input_channels, level_steps)
         )
         self.fusion = WeightedFusion(len(self.input_ids), fusion, fusion_eps)
         self.act = make_activation(activation)
-        self.conv = SeparableConvNorm(
-            out_channels, separable_conv, norm, norm_eps, norm_momentum, bias_before_norm
-        )
+        self.conv = SeparableConvNorm(out_channels, separable_conv, style)
 
     def forward(self, nodes: List[torch.Tensor], sizes: List[List[int]]) -> torch.Tensor:
         """
@@ -66,7 +66,8 @@ class FusionNode(nn.Module):
 
 
 class PyramidCell(nn.Module):
-    """A cell over levels ``min_level..max_level``: ``L`` maps in, ``L`` maps out.
+    """A cell over levels ``min_level..max_level``: ``L`` maps in, ``L`` maps out (plus
+    the inputs, for a residual cell).
 
     Input ``i`` has shape ``(N, in_channels[i], H_i, W_i)`` at stride ``2**(min_level+i)``;
     output ``i`` has shape ``(N, out_channels, H_i, W_i)``. The caller's list is not
@@ -83,11 +84,8 @@ class PyramidCell(nn.Module):
         fusion_eps: float = 1e-4,
         activation: str = "swish",
         separable_conv: bool = True,
-        norm: str = "BN",
-        norm_eps: float = 1e-3,
-        norm_momentum: float = 0.01,
-        same_padding: bool = False,
-        bias_before_norm: bool = False,
+        style: LayerStyle = LayerStyle(),
+        residual: bool = False,
     ):
         """
         Args:
@@ -99,9 +97,11 @@ class PyramidCell(nn.Module):
             fusion, fusion_eps: see :class:`WeightedFusion`.
             activation: applied after fusion, before the conv (see :func:`make_activation`).
             separable_conv: depthwise-separable (True) or dense 3x3 conv after fusion.
-            norm, norm_eps, norm_momentum: see :func:`make_norm`.
-            same_padding: TF "SAME" padding for max-pools.
-            bias_before_norm: keep the redundant conv bias of TF EfficientDet checkpoints.
+            style: norms, conv biases and max-pool padding (see :class:`LayerStyle`).
+            residual: add each input to the cell's output at its level (an identity
+                path through the cell), when every input already has ``out_channels``
+                channels; otherwise the cell stays plain. :meth:`zero_init_residual`
+                then makes the cell start as the identity.
         """
         super().__init__()
         num_levels = len(in_channels)
@@ -123,11 +123,7 @@ class PyramidCell(nn.Module):
                     fusion_eps=fusion_eps,
                     activation=activation,
                     separable_conv=separable_conv,
-                    norm=norm,
-                    norm_eps=norm_eps,
-                    norm_momentum=norm_momentum,
-                    same_padding=same_padding,
-                    bias_before_norm=bias_before_norm,
+                    style=style,
                 )
             )
             node_levels.append(node.level)
@@ -136,10 +132,27 @@ class PyramidCell(nn.Module):
         unfused = [min_level + k for k, i in enumerate(self.output_ids) if node_channels[i] != out_channels]
         if unfused:
             raise ValueError(f"levels {unfused} have no fused node to bring them to {out_channels} channels")
+        self.residual = residual and all(c == out_channels for c in in_channels)
+
+    def zero_init_residual(self) -> None:
+        """Zero the scale of the norm that ends each output node of a residual cell, so
+        that the cell computes the identity at initialisation (as ResNets zero the last
+        norm of each block) and learns its change from there. No-op for plain cells or
+        norms without a scale."""
+        if not self.residual:
+            return
+        num_inputs = len(self.output_ids)
+        for node_id in self.output_ids:
+            norm = self.nodes[node_id - num_inputs].conv.norm
+            if norm is not None and getattr(norm, "weight", None) is not None:
+                nn.init.zeros_(norm.weight)
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         sizes: List[List[int]] = [[f.shape[-2], f.shape[-1]] for f in features]
         nodes: List[torch.Tensor] = list(features)
         for node in self.nodes:
             nodes.append(node(nodes, sizes))
-        return [nodes[i] for i in self.output_ids]
+        outputs = [nodes[i] for i in self.output_ids]
+        if self.residual:
+            outputs = [f + o for f, o in zip(features, outputs)]
+        return outputs

@@ -13,10 +13,11 @@ For P3-P7 (ids 0..4) the BiFPN spec is the one of EfficientDet::
 
 Any contiguous range of at least two levels works; the specs are generated, not listed.
 """
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-__all__ = ["PyramidNode", "GRAPHS", "bifpn_nodes", "panet_nodes", "build_graph", "output_node_ids"]
+__all__ = ["PyramidNode", "GRAPHS", "bifpn_nodes", "panet_nodes", "build_graph", "output_node_ids", "pyramid_levels"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ def panet_nodes(min_level: int, max_level: int) -> List[PyramidNode]:
     return nodes
 
 
-
 GRAPHS = {"bifpn": bifpn_nodes, "panet": panet_nodes}
 
 
@@ -81,3 +81,31 @@ def output_node_ids(nodes: List[PyramidNode], min_level: int, max_level: int) ->
     for index, node in enumerate(nodes):
         last[node.level - min_level] = num_inputs + index
     return last
+
+
+def pyramid_levels(bottom_up, in_features: Sequence[str]) -> List[int]:
+    """The level (log2 stride) of each of ``in_features`` of ``bottom_up`` (a Detectron2
+    ``Backbone``: its ``output_shape()`` is read); checks that they exist and are at
+    successive powers of two, lowest first.
+
+    Raises:
+        ValueError: naming the missing features, or the strides that do not fit.
+    """
+    shapes = bottom_up.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing or not in_features:
+        raise ValueError(
+            f"{missing} not produced by the bottom-up network, which produces {list(shapes)}"
+            if missing
+            else f"no features given; the bottom-up network produces {list(shapes)}"
+        )
+    strides = [shapes[f].stride for f in in_features]
+    levels = [int(round(math.log2(s))) for s in strides]
+    if any(2**level != s for level, s in zip(levels, strides)) or any(
+        b != a + 1 for a, b in zip(levels, levels[1:])
+    ):
+        raise ValueError(
+            f"strides {strides}: the features must be at successive "
+            "powers of two in increasing order (e.g. 8, 16, 32)"
+        )
+    return levels

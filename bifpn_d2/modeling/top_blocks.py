@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ResampleToLevel
+from ..layers import LayerStyle, ResampleToLevel
 
 __all__ = ["TOP_BLOCKS", "MaxPoolTopBlock", "ConvP6P7TopBlock", "EfficientDetTopBlock"]
 
@@ -79,28 +79,22 @@ class EfficientDetTopBlock(nn.Module):
         out_channels: int,
         num_levels: int,
         in_feature: str,
-        norm: str = "BN",
-        norm_eps: float = 1e-3,
-        norm_momentum: float = 0.01,
-        same_padding: bool = False,
-        bias_before_norm: bool = False,
+        style: LayerStyle = LayerStyle(),
     ):
+        """
+        Args:
+            in_channels, out_channels: channels of the map it starts from, and of its levels.
+            num_levels: how many levels it adds.
+            in_feature: the name of the map it starts from (e.g. ``"res5"``).
+            style: the norm after the 1x1 conv, its bias, and the max-pools' padding.
+        """
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"EfficientDetTopBlock needs num_levels >= 1, got {num_levels}")
         self.num_levels = num_levels
         self.in_feature = in_feature
         self.downsample = nn.ModuleList(
-            ResampleToLevel(
-                in_channels if i == 0 else out_channels,
-                out_channels,
-                1,
-                norm,
-                norm_eps,
-                norm_momentum,
-                same_padding,
-                bias_before_norm,
-            )
+            ResampleToLevel(in_channels if i == 0 else out_channels, out_channels, 1, style)
             for i in range(num_levels)
         )
         for m in self.modules():  # EfficientDet's init: Glorot-uniform convs, zero bias
