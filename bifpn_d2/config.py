@@ -57,6 +57,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Residual cells: each cell whose inputs have the neck's width adds them to its outputs
     # and starts as the identity (zero-initialised output norm scales).
     cfg.MODEL.BIFPN.RESIDUAL = False
+    # Learning rate of the BiFPN's parameters (top block and cells) as a multiple of
+    # SOLVER.BASE_LR; applied by bifpn_d2's trainer (tools/train_net.py).
+    cfg.MODEL.BIFPN.LR_FACTOR = 1.0
     # Run the cells in channels-last memory layout; the outputs are then channels-last
     # tensors (same values). Several times faster depthwise convs and pools on CPU.
     cfg.MODEL.BIFPN.CHANNELS_LAST = True

@@ -14,25 +14,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from bifpn_d2.data import TINY_OVERRIDES
 from bifpn_d2.engine import (
     AtomicCheckpointer,
     ConfigError,
+    Trainer,
     build_parser,
     lazy_preflight,
     load_config,
     preflight,
     run_cli,
 )
+from bifpn_d2.engine.config import build_checked_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/synthetic/RetinaNet-R18-BiFPN.yaml")
 BASE_LR = 0.01
 # The tiny dataset (16 / 8 images of 128 px), checkpoints every 2 iterations.
-TINY = [
-    "DATASETS.TRAIN", "('synthetic_shapes_tiny_train',)", "DATASETS.TEST", "('synthetic_shapes_tiny_val',)",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2",
-    "DATALOADER.NUM_WORKERS", "0", "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.CHECKPOINT_PERIOD", "2",
+TINY = TINY_OVERRIDES + [
+    "SOLVER.WARMUP_ITERS", "2", "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.CHECKPOINT_PERIOD", "2",
 ]
 
 
@@ -299,3 +299,14 @@ def read_csv_rows(path: Path) -> list:
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_neck_lr_factor():
+    """MODEL.BIFPN.LR_FACTOR scales the learning rate of the BiFPN's parameters only."""
+    cfg = load_config(CONFIG, TINY + ["MODEL.BIFPN.LR_FACTOR", "3.0"])
+    model = build_checked_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for name, p in model.named_parameters():
+        in_neck = name.startswith("backbone.") and not name.startswith("backbone.bottom_up.")
+        assert lr_of[id(p)] == pytest.approx(BASE_LR * (3.0 if in_neck else 1.0)), name

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bifpn_d2.benchmark import markdown_table, write_csv, write_text
-from bifpn_d2.data import ensure_generated
+from bifpn_d2.data import TINY_OVERRIDES, ensure_generated
 from bifpn_d2.engine import ConfigError, load_config
 from bifpn_d2.engine.comparison import RECORD, ROOT, Run, measure_cost, run_all, schedule_overrides, summarize
 from bifpn_d2.engine.plots import plot_comparison
@@ -40,26 +40,7 @@ NECKS = {
     "BiFPN": "configs/synthetic/RetinaNet-R18-BiFPN.yaml",
 }
 # --quick: the tiny dataset (16 / 8 images of 128 px), a handful of iterations.
-QUICK_OPTS = [
-    "DATASETS.TRAIN",
-    "('synthetic_shapes_tiny_train',)",
-    "DATASETS.TEST",
-    "('synthetic_shapes_tiny_val',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "100000",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-]
+QUICK_OPTS = TINY_OVERRIDES + ["SOLVER.CHECKPOINT_PERIOD", "100000"]
 QUICK_ITERS = 2
 COLUMNS = [
     "model",

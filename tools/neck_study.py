@@ -25,29 +25,11 @@ import os
 import sys
 from pathlib import Path
 
-from bifpn_d2.data import ensure_generated
+from bifpn_d2.data import TINY_OVERRIDES, ensure_generated
 from bifpn_d2.engine.comparison import ROOT, measure_cost, run_all, schedule_overrides
 from bifpn_d2.engine.config import ConfigError, load_config
 from bifpn_d2.engine.neck_study import ARMS, GROUPS, arm_runs, fusion_speed, summarize_arms, write_report
 
-QUICK_OPTS = [
-    "DATASETS.TRAIN",
-    "('synthetic_shapes_tiny_train',)",
-    "DATASETS.TEST",
-    "('synthetic_shapes_tiny_val',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-]
 QUICK_ITERS = 2
 
 
@@ -80,7 +62,7 @@ def main(argv=None) -> None:
         parser.error("--jobs, --threads and --iters must be >= 1")
     arms = [a for a in ARMS if "all" in args.arms or a.name in args.arms or a.group in args.arms]
 
-    base_opts = QUICK_OPTS if args.quick else []
+    base_opts = TINY_OVERRIDES if args.quick else []
     reference = load_config(str(ROOT / arms[0].config), base_opts)
     solver = reference.SOLVER
     iters = args.iters or (QUICK_ITERS if args.quick else solver.MAX_ITER)

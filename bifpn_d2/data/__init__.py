@@ -6,30 +6,9 @@ Registered names (generated lazily on first ``DatasetCatalog.get`` into
 ``synthetic_shapes_tiny_train`` (16, 128 px), ``synthetic_shapes_tiny_val`` (8, 128 px).
 """
 
-from .synthetic import (
-    DATASET_ROOT_ENV,
-    DEFAULT_SYNTHETIC_DATASETS,
-    SHAPE_CLASSES,
-    SyntheticSpec,
-    default_dataset_root,
-    ensure_generated,
-    generate_synthetic_coco,
-    register_default_synthetic_datasets,
-    register_synthetic_dataset,
-    synthetic_dataset_dir,
-)
+from . import synthetic
+from .synthetic import *  # noqa: F401,F403
 
-register_default_synthetic_datasets()
+synthetic.register_default_synthetic_datasets()
 
-__all__ = [
-    "DATASET_ROOT_ENV",
-    "DEFAULT_SYNTHETIC_DATASETS",
-    "SHAPE_CLASSES",
-    "SyntheticSpec",
-    "default_dataset_root",
-    "ensure_generated",
-    "generate_synthetic_coco",
-    "register_default_synthetic_datasets",
-    "register_synthetic_dataset",
-    "synthetic_dataset_dir",
-]
+__all__ = list(synthetic.__all__)

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_SYNTHETIC_DATASETS",
     "SHAPE_CLASSES",
     "SyntheticSpec",
+    "TINY_OVERRIDES",
     "default_dataset_root",
     "ensure_generated",
     "generate_synthetic_coco",
@@ -73,6 +74,19 @@ DEFAULT_SYNTHETIC_DATASETS: dict[str, SyntheticSpec] = {
     "synthetic_shapes_tiny_train": SyntheticSpec(16, 128, 0, "train"),
     "synthetic_shapes_tiny_val": SyntheticSpec(8, 128, 0, "val"),
 }
+
+# Config overrides (KEY VALUE ...) for smoke runs of the synthetic configs: the tiny splits
+# at their 128 px, batch 2, no loader workers.
+TINY_OVERRIDES = [
+    "DATASETS.TRAIN", "('synthetic_shapes_tiny_train',)",
+    "DATASETS.TEST", "('synthetic_shapes_tiny_val',)",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "DATALOADER.NUM_WORKERS", "0",
+]
 
 _REGISTERED: dict[str, tuple[SyntheticSpec, Path]] = {}  # name -> (spec, root)
 

@@ -5,13 +5,14 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, SemSegEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
@@ -20,7 +21,19 @@ from .checkpointer import AtomicCheckpointer
 from .config import ConfigError, build_checked_model
 from .hooks import FusionWeightLogger
 
-__all__ = ["Trainer", "log_period"]
+__all__ = ["Trainer", "log_period", "neck_lr_factor"]
+
+
+def neck_lr_factor(factor: float) -> Callable[[str], float]:
+    """For Detectron2's ``get_default_optimizer_params(lr_factor_func=...)``: ``factor``
+    for the parameters of a detector's neck (``backbone.*`` outside ``backbone.bottom_up``),
+    1 for the rest. LazyConfig users pass it to their optimizer's params."""
+
+    def lr_factor(name: str) -> float:
+        in_neck = name.startswith("backbone.") and not name.startswith("backbone.bottom_up.")
+        return factor if in_neck else 1.0
+
+    return lr_factor
 
 
 def log_period(max_iter: int) -> int:
@@ -40,6 +53,28 @@ class Trainer(DefaultTrainer):
         model = build_checked_model(cfg)
         logging.getLogger("detectron2").info(f"Model:\n{model}")  # as DefaultTrainer does
         return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Detectron2's SGD; with ``MODEL.BIFPN.LR_FACTOR`` != 1, the BiFPN's own parameters
+        (everything of the backbone but its bottom-up network) learn at that multiple of
+        the base learning rate, warmup and steps included."""
+        factor = cfg.MODEL.BIFPN.LR_FACTOR
+        if factor == 1.0 or "bifpn" not in cfg.MODEL.BACKBONE.NAME:
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            lr_factor_func=neck_lr_factor(factor),
+        )
+        optimizer = torch.optim.SGD(
+            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+        return maybe_add_gradient_clipping(cfg, optimizer)
 
     @classmethod
     def build_evaluator(
