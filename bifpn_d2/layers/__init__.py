@@ -1,5 +1,5 @@
-"""Building blocks shared by the FPN and BiFPN necks."""
-from .conv import SeparableConvNorm
+"""Building blocks shared by the FPN and BiFPN necks and the EfficientDet heads."""
+from .conv import SeparableConv, SeparableConvNorm, conv3x3
 from .fusion import FUSION_METHODS, WeightedFusion
 from .norm import ACTIVATIONS, NORMS, make_activation, make_norm
 from .resample import MaxPoolDown, ResampleToLevel
@@ -11,8 +11,10 @@ __all__ = [
     "NORMS",
     "MaxPoolDown",
     "ResampleToLevel",
+    "SeparableConv",
     "SeparableConvNorm",
     "WeightedFusion",
+    "conv3x3",
     "make_activation",
     "make_norm",
     "pad_same",
