@@ -1,45 +1,80 @@
 """Rename effdet (rwightman's EfficientDet) weights to this project's module names.
 
-effdet's ``BiFpn`` and our :class:`BiFPN` compute the same graph; only the names differ::
+effdet's ``EfficientDet`` and our :class:`~bifpn_d2.modeling.EfficientDet` compute the same
+network; only the names (and the order of the box regressions) differ::
 
-    effdet                                          bifpn_d2 (BiFPN backbone)
-    backbone.<timm name>                            bottom_up.body.<timm name>
-    fpn.resample.<i>.conv.conv / .conv.bn           top_block.downsample.<j>.conv / .norm
-    fpn.cell.<c>.fnode.<n>.combine.resample.<id>    cells.<c>.nodes.<n>.edges.<k>  (k: position
-                                                    of input <id> in the node's inputs)
-    fpn.cell.<c>.fnode.<n>.combine.edge_weights     cells.<c>.nodes.<n>.fusion.weight
-    ...after_combine.conv.conv_dw / conv_pw / bn    cells.<c>.nodes.<n>.conv.depthwise / conv / norm
-    ...after_combine.conv.conv / bn (dense conv)    cells.<c>.nodes.<n>.conv.conv / norm
+    effdet                                          bifpn_d2 (EfficientDet meta-architecture)
+    backbone.<timm name>                            backbone.bottom_up.body.<timm name>
+    fpn.resample.<i>.conv.conv / .conv.bn           backbone.top_block.downsample.<j>.conv / .norm
+    fpn.cell.<c>.fnode.<n>.combine.resample.<id>    backbone.cells.<c>.nodes.<n>.edges.<k>  (k:
+                                                    position of input <id> in the node's inputs)
+    fpn.cell.<c>.fnode.<n>.combine.edge_weights     backbone.cells.<c>.nodes.<n>.fusion.weight
+    ...after_combine.conv.conv_dw / conv_pw / bn    backbone.cells.<c>.nodes.<n>.conv.depthwise / conv / norm
+    ...after_combine.conv.conv / bn (dense conv)    backbone.cells.<c>.nodes.<n>.conv.conv / norm
+    <net>.conv_rep.<r>.conv_dw / conv_pw            head.<net>.convs.<r>.depthwise / pointwise
+    <net>.conv_rep.<r>.conv (dense head)            head.<net>.convs.<r>
+    <net>.bn_rep.<r>.<level>.bn (levels first:      head.<net>.norms.<level>.<r>
+      <net>.bn_rep.<level>.<r>)
+    <net>.predict.conv_dw / conv_pw / conv          head.<net>.predictor.depthwise / pointwise / (dense)
 
-The box and class heads of effdet have no counterpart in Detectron2's heads; they are
-returned as unconverted keys.
+``<net>`` is ``class_net`` or ``box_net``. effdet's box net predicts ``(dy, dx, dh, dw)`` per
+anchor, Detectron2's ``Box2BoxTransform`` reads ``(dx, dy, dw, dh)``: the box predictor's
+output channels are permuted. effdet's COCO checkpoints predict 90 classes (COCO category
+ids 1-90, 10 of them unused); ``keep_classes=COCO_THING_CLASSES`` keeps the 80 that
+Detectron2's COCO datasets use, in their order.
 """
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+from torch import nn
 
 from .modeling.bifpn import BiFPN
 
-__all__ = ["convert_effdet_state_dict"]
+__all__ = [
+    "COCO_THING_CLASSES",
+    "check_shapes",
+    "convert_effdet_detector",
+    "convert_effdet_state_dict",
+    "strip_bench_prefix",
+]
+
+# effdet's class index (COCO category id - 1) of each of Detectron2's 80 COCO classes.
+COCO_THING_CLASSES = tuple(c["id"] - 1 for c in COCO_CATEGORIES if c["isthing"])
+# Our box channel j of an anchor holds effdet's channel _BOX_ORDER[j]: (dx, dy, dw, dh).
+_BOX_ORDER = (1, 0, 3, 2)
 
 _TOP = re.compile(r"^fpn\.resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
 _EDGE = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
 _WEIGHTS = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.edge_weights$")
 _CONV = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.(conv_dw|conv_pw|conv|bn)\.(.+)$")
 _LAYER = {"conv": "conv", "bn": "norm", "conv_dw": "depthwise", "conv_pw": "conv"}
+_HEAD_CONV = re.compile(
+    r"^(class_net|box_net)\.(?:conv_rep\.(\d+)|predict)\.(conv_dw|conv_pw|conv)\.(weight|bias)$"
+)
+_HEAD_NORM = re.compile(r"^(class_net|box_net)\.bn_rep\.(\d+)\.(\d+)\.(bn\.)?(.+)$")
+_HEAD_LAYER = {"conv_dw": ".depthwise", "conv_pw": ".pointwise", "conv": ""}
+
+
+def strip_bench_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Remove the ``model.`` prefix of state dicts saved from effdet's ``DetBench*`` wrappers."""
+    if state and all(k.startswith("model.") for k in state):
+        return {k[len("model."):]: v for k, v in state.items()}
+    return state
 
 
 def convert_effdet_state_dict(
     state: Dict[str, torch.Tensor], model: BiFPN
 ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """
+    """The backbone part: effdet's ``backbone.*`` and ``fpn.*`` for our :class:`BiFPN`.
+
     Args:
         state: an effdet ``EfficientDet`` state dict (keys ``backbone.*``, ``fpn.*``, ...).
         model: the :class:`BiFPN` to load into; its node specs give each edge's position.
     Returns:
         ``(converted, unconverted)``: the state dict for ``model.load_state_dict`` and the
-        effdet keys that have no counterpart (heads).
+        effdet keys it does not cover (the heads).
     """
     num_inputs = len(model.in_features)
     converted: Dict[str, torch.Tensor] = {}
@@ -63,3 +98,94 @@ def convert_effdet_state_dict(
         else:
             converted[new_key] = value
     return converted, unconverted
+
+
+def _head_key(key: str) -> Optional[Tuple[str, bool]]:
+    """Our ``head.*`` name of an effdet head key, and whether the tensor is the output
+    layer of the net (whose channels are per anchor); None for other keys."""
+    if m := _HEAD_CONV.match(key):
+        net, repeat, layer, kind = m[1], m[2], m[3], m[4]
+        module = f"convs.{repeat}" if repeat is not None else "predictor"
+        is_output = repeat is None and layer != "conv_dw"
+        return f"head.{net}.{module}{_HEAD_LAYER[layer]}.{kind}", is_output
+    if m := _HEAD_NORM.match(key):
+        # With the "bn." level the layout is effdet's default, repeats first.
+        first, second = (m[3], m[2]) if m[4] else (m[2], m[3])
+        return f"head.{m[1]}.norms.{first}.{second}.{m[5]}", False
+    return None
+
+
+def _output_channels(value: torch.Tensor, net: str, keep_classes: Optional[Sequence[int]],
+                     num_classes: int) -> torch.Tensor:
+    """Reorder (box net) or select (class net) the per-anchor output channels along dim 0."""
+    if net == "box_net":
+        num_anchors = value.shape[0] // 4
+        order = [4 * a + j for a in range(num_anchors) for j in _BOX_ORDER]
+    elif keep_classes is not None:
+        num_anchors = value.shape[0] // num_classes
+        order = [num_classes * a + k for a in range(num_anchors) for k in keep_classes]
+    else:
+        return value
+    return value[torch.tensor(order)]
+
+
+def check_shapes(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` listing the tensors of ``state`` whose shape differs from the
+    tensor of the same name in ``target``."""
+    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
+             if k in target and v.shape != target[k].shape]
+    if wrong:
+        raise ValueError(f"{len(wrong)} tensors have the wrong shape for the target model (file vs model): "
+                         + "; ".join(wrong[:5]))
+
+
+def convert_effdet_detector(
+    state: Dict[str, torch.Tensor],
+    model: nn.Module,
+    keep_classes: Optional[Sequence[int]] = None,
+) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+    """A whole effdet ``EfficientDet`` (backbone, BiFPN, class and box nets) for our
+    :class:`~bifpn_d2.modeling.EfficientDet` ``model``.
+
+    Args:
+        state: effdet's state dict (``model.``-prefixed bench state dicts are accepted).
+        model: our detector, whose ``backbone`` is a :class:`BiFPN` over the same
+            EfficientNet and whose ``head`` has the same widths, repeats and anchors.
+        keep_classes: effdet class indices to keep, in our class order (e.g.
+            :data:`COCO_THING_CLASSES` for a 90-class COCO checkpoint and an 80-class
+            model); None keeps all.
+    Returns:
+        ``(converted, missing, unexpected)``: the state dict for ``model.load_state_dict``,
+        the model's keys that it lacks and the keys (effdet's or converted) that the
+        model does not have.
+    Raises:
+        ValueError: a converted tensor's shape differs from the model's (another model
+            size, class count or padding flavour); the message lists them.
+    """
+    if not isinstance(model.backbone, BiFPN):
+        raise ValueError(f"the model's backbone is a {type(model.backbone).__name__}, not a BiFPN")
+    state = strip_bench_prefix(state)
+    neck, rest = convert_effdet_state_dict(state, model.backbone)
+    converted = {"backbone." + k: v for k, v in neck.items()}
+    num_classes = None
+    weight = state.get("class_net.predict.conv_pw.weight", state.get("class_net.predict.conv.weight"))
+    if weight is not None:
+        num_classes = weight.shape[0] // model.head.num_anchors
+    if keep_classes is not None and not all(0 <= k < (num_classes or 0) for k in keep_classes):
+        raise ValueError(f"keep_classes must lie within the checkpoint's {num_classes} classes")
+    unconverted: List[str] = []
+    for key in rest:
+        mapped = _head_key(key)
+        if mapped is None:
+            unconverted.append(key)
+            continue
+        new_key, is_output = mapped
+        value = state[key]
+        if is_output:
+            value = _output_channels(value, key.split(".")[0], keep_classes, num_classes)
+        converted[new_key] = value
+    target = model.state_dict()
+    check_shapes(converted, target)
+    missing = sorted(set(target) - set(converted))
+    unexpected = sorted(set(converted) - set(target)) + unconverted
+    return converted, missing, unexpected

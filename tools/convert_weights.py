@@ -9,9 +9,12 @@ Two conversions::
     #     MODEL.WEIGHTS of a detector with an EfficientNet + BiFPN/FPN backbone.
     python tools/convert_weights.py efficientnet b0.pth out.pth --model efficientnet_b0 --to backbone
 
-    # (b) an effdet EfficientDet checkpoint for the BiFPN detector of a config
-    #     (keys backbone.*, for MODEL.WEIGHTS); the config must describe the same network
-    #     (EfficientNet size, BiFPN width, cells, levels, TF padding for tf_ models).
+    # (b) an effdet EfficientDet checkpoint for the detector of a config (for MODEL.WEIGHTS);
+    #     the config must describe the same network (EfficientNet size, BiFPN width, cells,
+    #     levels, head repeats, TF padding and biases for tf_ models). With META_ARCHITECTURE
+    #     "EfficientDet" the whole model is converted (--coco-80: keep the 80 COCO classes of
+    #     Detectron2 out of effdet's 90); with another detector (RetinaNet, Faster R-CNN)
+    #     only its BiFPN backbone (keys backbone.*).
     python tools/convert_weights.py effdet --config-file cfg.yaml effdet_d0.pth out.pth [KEY VALUE ...]
 
 torchvision's EfficientNet-B0..B7 hold the same tensors as timm's ``efficientnet_b0..b7``
@@ -19,8 +22,8 @@ in the same order under other names (``features.1.0.block.0.0.weight`` is
 ``blocks.0.0.conv_dw.weight``); they are mapped by position, and every pair is checked to
 have the same shape and parameter kind. The converted B0-B4 give torchvision's outputs
 exactly; torchvision trained B5-B7 with batch-norm eps 1e-3, timm's ``efficientnet_b5..b7``
-use 1e-5, so those differ slightly. effdet's box and class heads have no counterpart in
-Detectron2's heads and are reported as unexpected keys, not converted.
+use 1e-5, so those differ slightly. effdet's box and class nets have no counterpart in
+Detectron2's own heads: converting for such a detector reports them as unexpected keys.
 
 Each conversion prints the missing keys (the target model has them, the file does not)
 and the unexpected keys (in the file, not in the target); a shape mismatch is an error.
@@ -33,12 +36,18 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import timm
 import torch
 from detectron2.config import get_cfg
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.logger import setup_logger
 
 from bifpn_d2 import BiFPN, add_bifpn_config
 from bifpn_d2.checkpoint import read_state_dict
-from bifpn_d2.convert import convert_effdet_state_dict
+from bifpn_d2.convert import (
+    COCO_THING_CLASSES,
+    check_shapes,
+    convert_effdet_detector,
+    convert_effdet_state_dict,
+    strip_bench_prefix,
+)
 from bifpn_d2.modeling.efficientnet import EFFICIENTNET_NAMES
 
 logger = logging.getLogger("bifpn_d2.convert_weights")
@@ -97,7 +106,7 @@ def convert_efficientnet(
         raise ValueError("neither timm (conv_stem.*) nor torchvision (features.*) EfficientNet names")
     body = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
     target = timm.create_model(model_name, pretrained=False, features_only=True).state_dict()
-    _check_shapes(body, target)
+    check_shapes(body, target)
     report = Report(sorted(set(target) - set(body)), sorted(set(body) - set(target)))
     if to == "detectron2":
         body = {BODY_PREFIX + k: v for k, v in body.items()}
@@ -107,21 +116,11 @@ def convert_efficientnet(
 def convert_effdet(state: Dict[str, torch.Tensor], model: BiFPN) -> Tuple[Dict[str, torch.Tensor], Report]:
     """(b): an effdet ``EfficientDet`` state dict -> a Detectron2 checkpoint of ``model``
     (keys ``backbone.*``). Unexpected keys include effdet's heads."""
-    if all(k.startswith("model.") for k in state):  # saved from effdet's DetBench wrappers
-        state = {k[len("model."):]: v for k, v in state.items()}
-    converted, unconverted = convert_effdet_state_dict(state, model)
+    converted, unconverted = convert_effdet_state_dict(strip_bench_prefix(state), model)
     target = model.state_dict()
-    _check_shapes(converted, target)
+    check_shapes(converted, target)
     report = Report(sorted(set(target) - set(converted)), sorted(set(converted) - set(target)) + unconverted)
     return {"backbone." + k: v for k, v in converted.items()}, report
-
-
-def _check_shapes(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]) -> None:
-    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
-             if k in target and v.shape != target[k].shape]
-    if wrong:
-        raise ValueError(f"{len(wrong)} tensors have the wrong shape for the target model (file vs model): "
-                         + "; ".join(wrong[:5]))
 
 
 def _save(state: Dict[str, torch.Tensor], path: str, detectron2_format: bool) -> None:
@@ -158,6 +157,8 @@ def get_parser() -> argparse.ArgumentParser:
     det.add_argument("source", help="effdet checkpoint")
     det.add_argument("output", help="Detectron2 checkpoint to write (for MODEL.WEIGHTS)")
     det.add_argument("--config-file", required=True, help="config of the BiFPN detector")
+    det.add_argument("--coco-80", action="store_true",
+                     help="the checkpoint has effdet's 90 COCO classes: keep Detectron2's 80")
     det.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs (last)")
     return parser
 
@@ -176,11 +177,17 @@ def main(argv: Optional[List[str]] = None) -> Report:
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
         cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # the effdet file brings the bottom-up weights too
-        backbone = build_backbone(cfg)
-        if not isinstance(backbone, BiFPN):
-            raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} builds a "
-                             f"{type(backbone).__name__}, not a BiFPN")
-        converted, report = convert_effdet(state, backbone)
+        cfg.MODEL.DEVICE = "cpu"  # renaming tensors needs no GPU
+        if cfg.MODEL.META_ARCHITECTURE == "EfficientDet":
+            keep = COCO_THING_CLASSES if args.coco_80 else None
+            converted, *keys = convert_effdet_detector(state, build_model(cfg), keep)
+            report = Report(*keys)
+        else:
+            backbone = build_backbone(cfg)
+            if not isinstance(backbone, BiFPN):
+                raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} builds a "
+                                 f"{type(backbone).__name__}, not a BiFPN")
+            converted, report = convert_effdet(state, backbone)
         _save(converted, args.output, detectron2_format=True)
     _log_report(report, len(converted), args.output)
     return report
