@@ -34,6 +34,7 @@ from .modeling.bifpn import BiFPN
 
 __all__ = [
     "COCO_THING_CLASSES",
+    "box_channel_order",
     "check_shapes",
     "convert_effdet_detector",
     "convert_effdet_state_dict",
@@ -42,8 +43,6 @@ __all__ = [
 
 # effdet's class index (COCO category id - 1) of each of Detectron2's 80 COCO classes.
 COCO_THING_CLASSES = tuple(c["id"] - 1 for c in COCO_CATEGORIES if c["isthing"])
-# Our box channel j of an anchor holds effdet's channel _BOX_ORDER[j]: (dx, dy, dw, dh).
-_BOX_ORDER = (1, 0, 3, 2)
 
 _TOP = re.compile(r"^fpn\.resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
 _EDGE = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
@@ -100,6 +99,12 @@ def convert_effdet_state_dict(
     return converted, unconverted
 
 
+def box_channel_order(num_anchors: int) -> List[int]:
+    """effdet's box-net output channel for each of ours: ours ``a * 4 + j`` is
+    ``(dx, dy, dw, dh)[j]`` of anchor ``a``, effdet's ``(dy, dx, dh, dw)``."""
+    return [4 * a + j for a in range(num_anchors) for j in (1, 0, 3, 2)]
+
+
 def _head_key(key: str) -> Optional[Tuple[str, bool]]:
     """Our ``head.*`` name of an effdet head key, and whether the tensor is the output
     layer of the net (whose channels are per anchor); None for other keys."""
@@ -119,8 +124,7 @@ def _output_channels(value: torch.Tensor, net: str, keep_classes: Optional[Seque
                      num_classes: int) -> torch.Tensor:
     """Reorder (box net) or select (class net) the per-anchor output channels along dim 0."""
     if net == "box_net":
-        num_anchors = value.shape[0] // 4
-        order = [4 * a + j for a in range(num_anchors) for j in _BOX_ORDER]
+        order = box_channel_order(value.shape[0] // 4)
     elif keep_classes is not None:
         num_anchors = value.shape[0] // num_classes
         order = [num_classes * a + k for a in range(num_anchors) for k in keep_classes]

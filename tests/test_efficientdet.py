@@ -16,19 +16,20 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
+from fvcore.nn import sigmoid_focal_loss
 
 import bifpn_d2
 from bifpn_d2 import EfficientDetAnchorGenerator
-from bifpn_d2.convert import COCO_THING_CLASSES, convert_effdet_detector
+from bifpn_d2.convert import COCO_THING_CLASSES, box_channel_order, convert_effdet_detector
 from bifpn_d2.export import assert_instances_close
+from bifpn_d2.modeling.efficientdet import sparse_focal_loss
 
 effdet = pytest.importorskip("effdet")
 
 ROOT = Path(__file__).resolve().parents[1]
 D0 = ROOT / "configs/EfficientDet/EfficientDet-D0.yaml"
 CONFIGS = sorted((ROOT / "configs/EfficientDet").glob("EfficientDet-D*.yaml"))
-# effdet's (dy, dx, dh, dw) of anchor a, in our order (dx, dy, dw, dh).
-BOX_ORDER = [4 * a + j for a in range(9) for j in (1, 0, 3, 2)]
+BOX_ORDER = box_channel_order(9)  # effdet's (dy, dx, dh, dw) of each anchor, as our (dx, dy, dw, dh)
 TOL = 1e-4
 
 
@@ -116,6 +117,23 @@ def test_detections_and_losses_equal_effdet(effdet_name):
     torch.testing.assert_close(losses["loss_cls"], expected_losses["class_loss"], rtol=1e-5, atol=0)
     torch.testing.assert_close(losses["loss_box_reg"], 50 * expected_losses["box_loss"].float(),
                                rtol=1e-5, atol=0)
+
+
+def test_sparse_focal_loss_equals_fvcore():
+    """The focal loss without one-hot targets: fvcore's value and gradient, ignored rows
+    left out."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 500, 7, generator=generator) * 4).requires_grad_()
+    positives = (torch.tensor([0, 1, 1]), torch.tensor([3, 70, 499]), torch.tensor([2, 0, 6]))
+    targets = torch.zeros_like(logits)
+    targets[positives] = 1.0
+    valid = torch.rand(2, 500, generator=generator) > 0.2
+    valid[positives[:2]] = True
+    expected = sigmoid_focal_loss(logits[valid], targets[valid], alpha=0.25, gamma=1.5, reduction="sum")
+    actual = sparse_focal_loss(logits, positives, valid, alpha=0.25, gamma=1.5)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=0)
+    (expected_grad,), (actual_grad,) = (torch.autograd.grad(v, logits) for v in (expected, actual))
+    torch.testing.assert_close(actual_grad, expected_grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("anchor_scale", [4.0, 5.0])

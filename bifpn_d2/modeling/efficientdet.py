@@ -34,17 +34,48 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
-from fvcore.nn import sigmoid_focal_loss_jit
 from torch import Tensor
 
 from ..config import check_choice, check_positive
 from ..layers import ACTIVATIONS, NORMS
 from .efficientdet_head import EfficientDetHead
 
-__all__ = ["EFFICIENTDET_ANCHOR_SHAPES", "EfficientDet", "EfficientDetAnchorGenerator"]
+__all__ = ["EFFICIENTDET_ANCHOR_SHAPES", "EfficientDet", "EfficientDetAnchorGenerator", "sparse_focal_loss"]
 
 # effdet's anchor shapes: (width, height) factors of the base size, scale-major order.
 EFFICIENTDET_ANCHOR_SHAPES = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+
+
+def sparse_focal_loss(
+    logits: Tensor, positives: Tuple[Tensor, ...], valid: Tensor, alpha: float, gamma: float
+) -> Tensor:
+    """The sigmoid focal loss (Lin et al. 2017), summed, of ``logits`` against targets that
+    are 1 at the indices ``positives`` and 0 elsewhere, over the rows where ``valid``.
+
+    Equal to fvcore's ``sigmoid_focal_loss(..., reduction="sum")`` (and effdet's) with
+    one-hot targets, without building them: every element is scored as a negative,
+    ``(1 - alpha) * p**gamma * -log(1 - p)``, then the few positives are re-scored as
+    ``alpha * (1 - p)**gamma * -log(p)``. A third of the elementwise passes over the
+    ``(N, R, K)`` logits, in log space (``p**gamma = exp(gamma * logsigmoid(x))``).
+
+    Args:
+        logits: ``(N, R, K)`` class logits.
+        positives: index tensors ``(image, anchor, class)`` of the targets that are 1.
+        valid: ``(N, R)``; rows where it is False (ignored anchors) add nothing.
+    """
+    def negative(x: Tensor) -> Tensor:  # log p = logsigmoid(x), -log(1 - p) = x - log p
+        log_p = F.logsigmoid(x)
+        return (1 - alpha) * torch.exp(gamma * log_p) * (x - log_p)
+
+    def positive(x: Tensor) -> Tensor:  # log(1 - p) = logsigmoid(-x), -log p = -x - log(1 - p)
+        log_q = F.logsigmoid(-x)
+        return alpha * torch.exp(gamma * log_q) * (-x - log_q)
+
+    negatives = negative(logits)
+    if not bool(valid.all()):
+        negatives = negatives * valid.unsqueeze(-1)
+    scored = logits[positives]
+    return negatives.sum() - negative(scored).sum() + positive(scored).sum()
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()
@@ -224,7 +255,9 @@ class EfficientDet(RetinaNet):
         }
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
-        """Normalise and batch the images; with ``square_size``, pad to that square."""
+        """Normalise and batch the images; with ``square_size``, pad to that square. On the
+        CPU the batch is channels-last: the bottom-up network's depthwise convs run much
+        faster so (oneDNN), with the same values up to rounding."""
         images = [(self._move_to_current_device(x["image"]) - self.pixel_mean) / self.pixel_std
                   for x in batched_inputs]
         constraints: Dict[str, int] = dict(self.backbone.padding_constraints)
@@ -234,8 +267,11 @@ class EfficientDet(RetinaNet):
                     raise ValueError("an input image is larger than the square it is padded to "
                                      "(MODEL.EFFICIENTDET.SQUARE_SIZE): resize it first, or pad with 0")
             constraints["square_size"] = self.square_size
-        return ImageList.from_tensors(images, self.backbone.size_divisibility,
-                                      padding_constraints=constraints)
+        size_divisibility = self.backbone.size_divisibility
+        batch = ImageList.from_tensors(images, size_divisibility, padding_constraints=constraints)
+        if batch.tensor.device.type == "cpu":
+            batch = ImageList(batch.tensor.contiguous(memory_format=torch.channels_last), batch.image_sizes)
+        return batch
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes) -> Dict[str, Tensor]:
         """effdet's losses: focal loss over every anchor and class, and Huber loss over the
@@ -251,14 +287,11 @@ class EfficientDet(RetinaNet):
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors.item() / len(gt_labels))
         normalizer = num_pos_anchors.to(pred_logits[0].dtype) + 1.0
 
-        targets = F.one_hot(gt_labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
-        loss_cls = sigmoid_focal_loss_jit(
-            cat(pred_logits, dim=1)[valid_mask],
-            targets.to(pred_logits[0].dtype),
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
-        )
+        logits = cat(pred_logits, dim=1)  # (N, R, K)
+        image_idxs, anchor_idxs = pos_mask.nonzero(as_tuple=True)
+        positives = (image_idxs, anchor_idxs, gt_labels[image_idxs, anchor_idxs])
+        alpha, gamma = self.focal_loss_alpha, self.focal_loss_gamma
+        loss_cls = sparse_focal_loss(logits, positives, valid_mask, alpha, gamma)
         # huber(x, delta) = delta * smooth_l1(x, beta=delta)
         smooth_l1 = _dense_box_regression_loss(
             anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
