@@ -2,9 +2,10 @@
 
 ``MODEL.META_ARCHITECTURE: "EfficientDet"`` builds backbone (EfficientNet + BiFPN, any
 registered backbone) -> :class:`EfficientDetHead` (separable class and box nets) on top of
-Detectron2's RetinaNet machinery: its anchor matching (``Matcher``), ``Box2BoxTransform``,
-focal loss, batching and post-processing. What differs from Detectron2's RetinaNet, each
-as effdet (rwightman's EfficientDet) and the paper do it:
+Detectron2's RetinaNet machinery: its anchor generator (subclassed), anchor matching
+(``Matcher``), ``Box2BoxTransform``, box regression loss, batching, NMS and
+post-processing. What differs from Detectron2's RetinaNet, each as effdet (rwightman's
+EfficientDet) and the paper do it:
 
 - anchors (:class:`EfficientDetAnchorGenerator`): base size ``anchor_scale * stride *
   2**(k / num_scales)``, shapes given as (width, height) factors of it, effdet's
