@@ -147,8 +147,9 @@ def test_anchors_equal_effdet(anchor_scale):
     torch.testing.assert_close(actual, expected[:, [1, 0, 3, 2]], rtol=1e-6, atol=1e-4)  # float32 rounding
 
 
-def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_weights", ROOT / "tools" / "convert_weights.py")
+def _load_tool(name: str):
+    """Import ``tools/<name>.py`` (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -161,7 +162,7 @@ def test_convert_tool_whole_model(tmp_path):
     reference, _ = _pair("efficientdet_d0", (256, 384))
     bench_state = {"model." + k: v for k, v in reference.state_dict().items()}  # saved from a DetBench
     torch.save({"model": bench_state}, tmp_path / "bench.pth")
-    tool = _convert_tool()
+    tool = _load_tool("convert_weights")
     files = [str(tmp_path / "bench.pth"), str(tmp_path / "d2.pth")]
     report = tool.main(["effdet", "--config-file", str(D0), *files, "MODEL.EFFICIENTDET.NUM_CLASSES", "90"])
     assert report.missing == [] and report.unexpected == []
@@ -242,3 +243,17 @@ def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="MODEL.EFFICIENTDET.NORM='batchnorm'"):
         build_model(cfg)
 
+
+
+def test_comparison_tool_runs(tmp_path):
+    """tools/efficientdet_race.py at a smoke size: the size table (parameters) and one race
+    round write their tables; parameters equal effdet's. No time is asserted."""
+    tool = _load_tool("efficientdet_race")
+    common = ["--config-root", str(ROOT / "configs"), "--output-dir", str(tmp_path)]
+    (row,) = tool.main(["size", "--variants", "D0", "--no-flops", *common])
+    assert row["params_ratio"] == 1.0 and abs(row["params_M"] - 3.88) < 0.01
+    rows = tool.main(["race", "--variants", "D0", "--size", "256", "--batch-sizes", "1", "--threads", "1",
+                      "--repeats", "1", "--warmup", "0", *common])
+    assert [r["phase"] for r in rows] == ["inference", "training step"]
+    assert all(r["ours / effdet best"] > 0 for r in rows) and rows[0]["output difference (relative)"] < 1e-4
+    assert (tmp_path / "race.md").read_text().startswith("| variant |") and (tmp_path / "size.csv").is_file()
