@@ -183,6 +183,9 @@ def main(argv: Optional[List[str]] = None) -> Report:
             converted, *keys = convert_effdet_detector(state, build_model(cfg), keep)
             report = Report(*keys)
         else:
+            if args.coco_80:
+                raise ValueError(f"--coco-80 selects classes of EfficientDet heads; MODEL.META_ARCHITECTURE="
+                                 f"{cfg.MODEL.META_ARCHITECTURE} converts only the backbone")
             backbone = build_backbone(cfg)
             if not isinstance(backbone, BiFPN):
                 raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} builds a "
