@@ -21,6 +21,11 @@ EfficientDet) and the paper do it:
   per-class NMS (IoU 0.5), the ``max_detections_per_image`` (100) best kept; scores below
   ``test_score_thresh`` (0.001, where effdet's COCO evaluator stops) dropped.
   ``False`` gives Detectron2's RetinaNet rule (top-k per level, clipping after NMS).
+
+Left as Detectron2 does it, differing from effdet only in corner cases: a ground truth
+whose best IoU is shared by several anchors keeps all of them (effdet: one); box
+decoding clamps ``dw``, ``dh`` at ``log(1000 / 16)`` (boxes over 62x their anchor); a
+regression target of exactly 0 is trained (effdet skips it).
 """
 from typing import Dict, List, Sequence, Tuple
 
