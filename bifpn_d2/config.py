@@ -18,8 +18,8 @@ __all__ = ["add_bifpn_config", "check_choice", "check_positive"]
 
 
 def add_bifpn_config(cfg: CN) -> CN:
-    """Add the ``MODEL.BIFPN``, ``MODEL.EFFICIENTNET`` and extra ``MODEL.FPN`` keys in place
-    (and return ``cfg``). Calling it twice is harmless."""
+    """Add the ``MODEL.BIFPN``, ``MODEL.EFFICIENTNET``, ``MODEL.EFFICIENTDET`` and extra
+    ``MODEL.FPN`` keys in place (and return ``cfg``). Calling it twice is harmless."""
     # --- MODEL.FPN: Detectron2's keys keep their meaning; these extend them.
     # FUSE_TYPE (Detectron2: "sum" | "avg") also accepts "weighted", "softmax" and
     # "fast_normalized" with our FPN builders.
@@ -76,6 +76,44 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # local ImageNet weight file; "" = random init
     cfg.MODEL.EFFICIENTNET.NORM = "BN"  # Detectron2's names: "BN" | "FrozenBN" | "SyncBN" | "nnSyncBN"
     cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0  # stochastic depth (EfficientDet: 0.2)
+
+    # --- MODEL.EFFICIENTDET: the "EfficientDet" meta-architecture (MODEL.META_ARCHITECTURE).
+    # Defaults are effdet's (rwightman's EfficientDet) and the paper's; TEST.DETECTIONS_PER_IMAGE
+    # (100) caps the detections. Detectron2's MODEL.RETINANET keys are not read.
+    cfg.MODEL.EFFICIENTDET = CN()
+    cfg.MODEL.EFFICIENTDET.NUM_CLASSES = 80
+    cfg.MODEL.EFFICIENTDET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Class and box nets: NUM_REPEATS convs (3, 3, 3, 4, 4, 4, 5, 5 for D0-D7) shared by all
+    # levels, each followed by a norm of its own per level and the activation.
+    cfg.MODEL.EFFICIENTDET.NUM_REPEATS = 3
+    cfg.MODEL.EFFICIENTDET.SEPARABLE_CONV = True
+    cfg.MODEL.EFFICIENTDET.NORM = "BN"  # as MODEL.BIFPN.NORM
+    cfg.MODEL.EFFICIENTDET.NORM_EPS = 1e-3
+    cfg.MODEL.EFFICIENTDET.NORM_MOMENTUM = 0.01
+    cfg.MODEL.EFFICIENTDET.ACTIVATION = "swish"
+    cfg.MODEL.EFFICIENTDET.BIAS_BEFORE_NORM = False  # redundant conv biases of TF EfficientDet
+    cfg.MODEL.EFFICIENTDET.PRIOR_PROB = 0.01  # initial foreground probability of every logit
+    # Anchors: NUM_SCALES sizes ANCHOR_SCALE * stride * 2**(k / NUM_SCALES) (D7: scale 5), each
+    # in every (width, height) shape; ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS are not read.
+    cfg.MODEL.EFFICIENTDET.ANCHOR_SCALE = 4.0
+    cfg.MODEL.EFFICIENTDET.NUM_SCALES = 3
+    cfg.MODEL.EFFICIENTDET.ANCHOR_SHAPES = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]
+    cfg.MODEL.EFFICIENTDET.IOU_THRESHOLD = 0.5  # positive at or above, negative below
+    # Losses, divided by the positive anchors + 1: focal, and Huber on the box regressions.
+    cfg.MODEL.EFFICIENTDET.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.EFFICIENTDET.FOCAL_LOSS_GAMMA = 1.5
+    cfg.MODEL.EFFICIENTDET.HUBER_DELTA = 0.1
+    cfg.MODEL.EFFICIENTDET.BOX_LOSS_WEIGHT = 50.0
+    # Inference. TOPK_OVER_ALL_LEVELS True (effdet): the TOPK_CANDIDATES_TEST best
+    # (anchor, class) scores over all levels, boxes clipped to the image, then NMS; False
+    # (Detectron2's RetinaNet): TOPK_CANDIDATES_TEST per level, NMS, clipping afterwards.
+    cfg.MODEL.EFFICIENTDET.TOPK_OVER_ALL_LEVELS = True
+    cfg.MODEL.EFFICIENTDET.TOPK_CANDIDATES_TEST = 5000
+    cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = 0.001  # effdet's COCO evaluator stops there
+    cfg.MODEL.EFFICIENTDET.NMS_THRESH_TEST = 0.5
+    # Pad every batch to this square (effdet's fixed input, e.g. 512 for D0); 0 = pad to the
+    # largest image of the batch, as Detectron2 does.
+    cfg.MODEL.EFFICIENTDET.SQUARE_SIZE = 0
     return cfg
 
 

@@ -1,18 +1,27 @@
 """Rename effdet (rwightman's EfficientDet) weights to this project's module names.
 
-effdet's ``BiFpn`` and our :class:`BiFPN` compute the same graph; only the names differ::
+effdet's ``EfficientDet`` and our :class:`~bifpn_d2.modeling.EfficientDet` compute the same
+network; only the names (and the order of the box regressions) differ::
 
-    effdet                                          bifpn_d2 (BiFPN backbone)
-    backbone.<timm name>                            bottom_up.body.<timm name>
-    fpn.resample.<i>.conv.conv / .conv.bn           top_block.downsample.<j>.conv / .norm
-    fpn.cell.<c>.fnode.<n>.combine.resample.<id>    cells.<c>.nodes.<n>.edges.<k>  (k: position
-                                                    of input <id> in the node's inputs)
-    fpn.cell.<c>.fnode.<n>.combine.edge_weights     cells.<c>.nodes.<n>.fusion.weight
-    ...after_combine.conv.conv_dw / conv_pw / bn    cells.<c>.nodes.<n>.conv.depthwise / conv / norm
-    ...after_combine.conv.conv / bn (dense conv)    cells.<c>.nodes.<n>.conv.conv / norm
+    effdet                                          bifpn_d2 (EfficientDet meta-architecture)
+    backbone.<timm name>                            backbone.bottom_up.body.<timm name>
+    fpn.resample.<i>.conv.conv / .conv.bn           backbone.top_block.downsample.<j>.conv / .norm
+    fpn.cell.<c>.fnode.<n>.combine.resample.<id>    backbone.cells.<c>.nodes.<n>.edges.<k>  (k:
+                                                    position of input <id> in the node's inputs)
+    fpn.cell.<c>.fnode.<n>.combine.edge_weights     backbone.cells.<c>.nodes.<n>.fusion.weight
+    ...after_combine.conv.conv_dw / conv_pw / bn    backbone.cells.<c>.nodes.<n>.conv.depthwise / conv / norm
+    ...after_combine.conv.conv / bn (dense conv)    backbone.cells.<c>.nodes.<n>.conv.conv / norm
+    <net>.conv_rep.<r>.conv_dw / conv_pw            head.<net>.convs.<r>.depthwise / pointwise
+    <net>.conv_rep.<r>.conv (dense head)            head.<net>.convs.<r>
+    <net>.bn_rep.<r>.<level>.bn (levels first:      head.<net>.norms.<level>.<r>
+      <net>.bn_rep.<level>.<r>)
+    <net>.predict.conv_dw / conv_pw / conv          head.<net>.predictor.depthwise / pointwise / (dense)
 
-The box and class heads of effdet have no counterpart in Detectron2's heads; they are
-returned as unconverted keys.
+``<net>`` is ``class_net`` or ``box_net``. effdet's box net predicts ``(dy, dx, dh, dw)`` per
+anchor, Detectron2's ``Box2BoxTransform`` reads ``(dx, dy, dw, dh)``: the box predictor's
+output channels are permuted. effdet's COCO checkpoints predict 90 classes (COCO category
+ids 1-90, 10 of them unused); ``keep_classes=COCO_THING_CLASSES`` keeps the 80 that
+Detectron2's COCO datasets use, in their order.
 
 ImageNet EfficientNets convert too: torchvision's EfficientNet-B0..B7 hold the same
 tensors as timm's ``efficientnet_b0..b7`` in the same order under other names
@@ -27,46 +36,69 @@ and the unexpected keys (in the file, not in the target); a shape mismatch is an
 import logging
 import os
 import re
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import timm
 import torch
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+from torch import nn
 
 from .checkpoint import HEAD_PREFIXES, read_state_dict
 from .modeling.bifpn import BiFPN
 from .modeling.efficientnet import EFFICIENTNET_NAMES
 
 __all__ = [
+    "COCO_THING_CLASSES",
     "Report",
+    "box_channel_order",
+    "check_shapes",
     "convert_effdet",
+    "convert_effdet_detector",
     "convert_effdet_file",
     "convert_effdet_state_dict",
     "convert_efficientnet",
     "convert_efficientnet_file",
     "log_report",
+    "strip_bench_prefix",
     "torchvision_to_timm",
 ]
 
 logger = logging.getLogger(__name__)
 BODY_PREFIX = "backbone.bottom_up.body."  # our EfficientNet inside a detector's backbone
 
+# effdet's class index (COCO category id - 1) of each of Detectron2's 80 COCO classes.
+COCO_THING_CLASSES = tuple(c["id"] - 1 for c in COCO_CATEGORIES if c["isthing"])
+
 _TOP = re.compile(r"^fpn\.resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
 _EDGE = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
 _WEIGHTS = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.edge_weights$")
 _CONV = re.compile(r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.(conv_dw|conv_pw|conv|bn)\.(.+)$")
 _LAYER = {"conv": "conv", "bn": "norm", "conv_dw": "depthwise", "conv_pw": "conv"}
+_HEAD_CONV = re.compile(
+    r"^(class_net|box_net)\.(?:conv_rep\.(\d+)|predict)\.(conv_dw|conv_pw|conv)\.(weight|bias)$"
+)
+_HEAD_NORM = re.compile(r"^(class_net|box_net)\.bn_rep\.(\d+)\.(\d+)\.(bn\.)?(.+)$")
+_HEAD_LAYER = {"conv_dw": ".depthwise", "conv_pw": ".pointwise", "conv": ""}
+
+
+def strip_bench_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Remove the ``model.`` prefix of state dicts saved from effdet's ``DetBench*`` wrappers."""
+    if state and all(k.startswith("model.") for k in state):
+        return {k[len("model."):]: v for k, v in state.items()}
+    return state
 
 
 def convert_effdet_state_dict(
     state: Dict[str, torch.Tensor], model: BiFPN
 ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """
+    """The backbone part: effdet's ``backbone.*`` and ``fpn.*`` for our :class:`BiFPN`.
+
     Args:
         state: an effdet ``EfficientDet`` state dict (keys ``backbone.*``, ``fpn.*``, ...).
         model: the :class:`BiFPN` to load into; its node specs give each edge's position.
     Returns:
         ``(converted, unconverted)``: the state dict for ``model.load_state_dict`` and the
-        effdet keys that have no counterpart (heads).
+        effdet keys it does not cover (the heads).
     """
     num_inputs = len(model.in_features)
     converted: Dict[str, torch.Tensor] = {}
@@ -90,6 +122,102 @@ def convert_effdet_state_dict(
         else:
             converted[new_key] = value
     return converted, unconverted
+
+
+def box_channel_order(num_anchors: int) -> List[int]:
+    """effdet's box-net output channel for each of ours: ours ``a * 4 + j`` is
+    ``(dx, dy, dw, dh)[j]`` of anchor ``a``, effdet's ``(dy, dx, dh, dw)``."""
+    return [4 * a + j for a in range(num_anchors) for j in (1, 0, 3, 2)]
+
+
+def _head_key(key: str) -> Optional[Tuple[str, bool]]:
+    """Our ``head.*`` name of an effdet head key, and whether the tensor is the output
+    layer of the net (whose channels are per anchor); None for other keys."""
+    if m := _HEAD_CONV.match(key):
+        net, repeat, layer, kind = m[1], m[2], m[3], m[4]
+        module = f"convs.{repeat}" if repeat is not None else "predictor"
+        is_output = repeat is None and layer != "conv_dw"
+        return f"head.{net}.{module}{_HEAD_LAYER[layer]}.{kind}", is_output
+    if m := _HEAD_NORM.match(key):
+        # With the "bn." level the layout is effdet's default, repeats first.
+        first, second = (m[3], m[2]) if m[4] else (m[2], m[3])
+        return f"head.{m[1]}.norms.{first}.{second}.{m[5]}", False
+    return None
+
+
+def _output_channels(value: torch.Tensor, net: str, keep_classes: Optional[Sequence[int]],
+                     num_classes: int) -> torch.Tensor:
+    """Reorder (box net) or select (class net) the per-anchor output channels along dim 0."""
+    if net == "box_net":
+        order = box_channel_order(value.shape[0] // 4)
+    elif keep_classes is not None:
+        num_anchors = value.shape[0] // num_classes
+        order = [num_classes * a + k for a in range(num_anchors) for k in keep_classes]
+    else:
+        return value
+    return value[torch.tensor(order)]
+
+
+def check_shapes(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` listing the tensors of ``state`` whose shape differs from the
+    tensor of the same name in ``target``."""
+    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
+             if k in target and v.shape != target[k].shape]
+    if wrong:
+        raise ValueError(f"{len(wrong)} tensors have the wrong shape for the target model (file vs model): "
+                         + "; ".join(wrong[:5]))
+
+
+def convert_effdet_detector(
+    state: Dict[str, torch.Tensor],
+    model: nn.Module,
+    keep_classes: Optional[Sequence[int]] = None,
+) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+    """A whole effdet ``EfficientDet`` (backbone, BiFPN, class and box nets) for our
+    :class:`~bifpn_d2.modeling.EfficientDet` ``model``.
+
+    Args:
+        state: effdet's state dict (``model.``-prefixed bench state dicts are accepted).
+        model: our detector, whose ``backbone`` is a :class:`BiFPN` over the same
+            EfficientNet and whose ``head`` has the same widths, repeats and anchors.
+        keep_classes: effdet class indices to keep, in our class order (e.g.
+            :data:`COCO_THING_CLASSES` for a 90-class COCO checkpoint and an 80-class
+            model); None keeps all.
+    Returns:
+        ``(converted, missing, unexpected)``: the state dict for ``model.load_state_dict``,
+        the model's keys that it lacks and the keys (effdet's or converted) that the
+        model does not have.
+    Raises:
+        ValueError: a converted tensor's shape differs from the model's (another model
+            size, class count or padding flavour); the message lists them.
+    """
+    if not isinstance(model.backbone, BiFPN):
+        raise ValueError(f"the model's backbone is a {type(model.backbone).__name__}, not a BiFPN")
+    state = strip_bench_prefix(state)
+    neck, rest = convert_effdet_state_dict(state, model.backbone)
+    converted = {"backbone." + k: v for k, v in neck.items()}
+    num_classes = None
+    weight = state.get("class_net.predict.conv_pw.weight", state.get("class_net.predict.conv.weight"))
+    if weight is not None:
+        num_classes = weight.shape[0] // model.head.num_anchors
+    if keep_classes is not None and not all(0 <= k < (num_classes or 0) for k in keep_classes):
+        raise ValueError(f"keep_classes must lie within the checkpoint's {num_classes} classes")
+    unconverted: List[str] = []
+    for key in rest:
+        mapped = _head_key(key)
+        if mapped is None:
+            unconverted.append(key)
+            continue
+        new_key, is_output = mapped
+        value = state[key]
+        if is_output:
+            value = _output_channels(value, key.split(".")[0], keep_classes, num_classes)
+        converted[new_key] = value
+    target = model.state_dict()
+    check_shapes(converted, target)
+    missing = sorted(set(target) - set(converted))
+    unexpected = sorted(set(converted) - set(target)) + unconverted
+    return converted, missing, unexpected
 
 
 class Report(NamedTuple):
@@ -141,7 +269,7 @@ def convert_efficientnet(
         raise ValueError("neither timm (conv_stem.*) nor torchvision (features.*) EfficientNet names")
     body = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     target = timm.create_model(model_name, pretrained=False, features_only=True).state_dict()
-    _check_shapes(body, target)
+    check_shapes(body, target)
     report = Report(sorted(set(target) - set(body)), sorted(set(body) - set(target)))
     if to == "detectron2":
         body = {BODY_PREFIX + k: v for k, v in body.items()}
@@ -151,21 +279,11 @@ def convert_efficientnet(
 def convert_effdet(state: Dict[str, torch.Tensor], model: BiFPN) -> Tuple[Dict[str, torch.Tensor], Report]:
     """(b): an effdet ``EfficientDet`` state dict -> a Detectron2 checkpoint of ``model``
     (keys ``backbone.*``). Unexpected keys include effdet's heads."""
-    if all(k.startswith("model.") for k in state):  # saved from effdet's DetBench wrappers
-        state = {k[len("model."):]: v for k, v in state.items()}
-    converted, unconverted = convert_effdet_state_dict(state, model)
+    converted, unconverted = convert_effdet_state_dict(strip_bench_prefix(state), model)
     target = model.state_dict()
-    _check_shapes(converted, target)
+    check_shapes(converted, target)
     report = Report(sorted(set(target) - set(converted)), sorted(set(converted) - set(target)) + unconverted)
     return {"backbone." + k: v for k, v in converted.items()}, report
-
-
-def _check_shapes(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]) -> None:
-    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
-             if k in target and v.shape != target[k].shape]
-    if wrong:
-        raise ValueError(f"{len(wrong)} tensors have the wrong shape for the target model (file vs model): "
-                         + "; ".join(wrong[:5]))
 
 
 def _save(state: Dict[str, torch.Tensor], path: str, detectron2_format: bool) -> None:
@@ -199,20 +317,32 @@ def convert_efficientnet_file(source: str, output: str, model_name: str = "effic
     return report
 
 
-def convert_effdet_file(source: str, output: str, config_file: str, opts: Sequence[str] = ()) -> Report:
-    """Read an effdet checkpoint, convert it for the BiFPN detector of ``config_file`` (+
-    ``opts``, which must describe the same network) and write a Detectron2 checkpoint."""
-    from detectron2.modeling import build_backbone
+def convert_effdet_file(source: str, output: str, config_file: str, opts: Sequence[str] = (),
+                        coco_80: bool = False) -> Report:
+    """Read an effdet checkpoint, convert it for the detector of ``config_file`` (+ ``opts``,
+    which must describe the same network) and write a Detectron2 checkpoint: the whole
+    detector for ``MODEL.META_ARCHITECTURE: EfficientDet``, the backbone (BiFPN) alone for
+    other meta-architectures. ``coco_80`` keeps Detectron2's 80 of effdet's 90 COCO classes."""
+    from detectron2.modeling import build_backbone, build_model
 
     from .engine.config import load_config
 
-    cfg = load_config(config_file, opts)
+    cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])  # renaming needs no GPU
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # the effdet file brings the bottom-up weights too
-    backbone = build_backbone(cfg)
-    if not isinstance(backbone, BiFPN):
-        raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} builds a "
-                         f"{type(backbone).__name__}, not a BiFPN")
-    converted, report = convert_effdet(read_state_dict(source), backbone)
+    state = read_state_dict(source)
+    if cfg.MODEL.META_ARCHITECTURE == "EfficientDet":
+        keep = COCO_THING_CLASSES if coco_80 else None
+        converted, missing, unexpected = convert_effdet_detector(state, build_model(cfg), keep)
+        report = Report(missing, unexpected)
+    else:
+        if coco_80:
+            raise ValueError(f"--coco-80 selects classes of EfficientDet heads; MODEL.META_ARCHITECTURE="
+                             f"{cfg.MODEL.META_ARCHITECTURE} converts only the backbone")
+        backbone = build_backbone(cfg)
+        if not isinstance(backbone, BiFPN):
+            raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME} builds a "
+                             f"{type(backbone).__name__}, not a BiFPN")
+        converted, report = convert_effdet(state, backbone)
     _save(converted, output, detectron2_format=True)
     log_report(report, len(converted), output)
     return report

@@ -105,6 +105,17 @@ def tiny_cfg(builder: str = "build_retinanet_resnet_bifpn_backbone") -> CfgNode:
     return cfg
 
 
+def tiny_efficientdet_cfg() -> CfgNode:
+    """The EfficientDet meta-architecture on the tiny EfficientNet-B0 + BiFPN: one repeat in
+    each head net, every candidate kept (random weights score low)."""
+    cfg = tiny_cfg("build_retinanet_efficientnet_bifpn_backbone")
+    cfg.MODEL.META_ARCHITECTURE = "EfficientDet"
+    cfg.MODEL.EFFICIENTDET.NUM_CLASSES = 3
+    cfg.MODEL.EFFICIENTDET.NUM_REPEATS = 1
+    cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = 0.0
+    return cfg
+
+
 def build_tiny_backbone(builder: str, cfg: Optional[CfgNode] = None) -> nn.Module:
     """``builder`` applied to :func:`tiny_cfg` (or ``cfg``), in eval mode."""
     cfg = cfg or tiny_cfg(builder)
@@ -115,6 +126,28 @@ def build_tiny_detector(builder: str, cfg: Optional[CfgNode] = None, seed: int =
     """A tiny detector (eval mode), random weights from ``seed``."""
     torch.manual_seed(seed)
     return build_model(cfg or tiny_cfg(builder)).eval()
+
+
+def randomize_norms_and_biases(model: nn.Module, seed: int = 0) -> None:
+    """Batch-norm statistics and affine parameters away from 1/0, fusion weights away from
+    1 and every bias of neck and heads shifted, so that a mis-assigned tensor shows in the
+    outputs. Works on effdet's models and ours (it looks at module types and names only)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(t: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        return torch.rand(t.shape, generator=generator) * (high - low) + low
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                for t, low, high in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
+                                     (m.weight, 0.5, 1.5), (m.bias, -0.2, 0.2)):
+                    t.copy_(uniform(t, low, high))
+        for name, p in model.named_parameters():
+            if "edge_weights" in name or name.endswith("fusion.weight"):
+                p.copy_(uniform(p, 0.1, 2.0))
+            elif name.endswith(".bias") and not name.startswith(("backbone.", "bottom_up.")):
+                p.add_(uniform(p, -0.5, 0.5))
 
 
 def spread_scores(model: nn.Module) -> None:

@@ -22,17 +22,19 @@ LAZY_CONFIGS = sorted(
     p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "lazy").glob("*.py") if p.name != "common.py"
 )
 # Built on the meta device (shapes only, no memory, no init cost): too big to run in a test.
-HUGE = re.compile(r"EfficientDet-D[3-7]\.yaml$")
-# EfficientDet D0-D7 (REFERENCES.md): backbone, image size, BiFPN width, cells, head convs, fusion.
+HUGE = re.compile(r"EfficientDet-D([3-7]|7x)\.yaml$")
+# EfficientDet D0-D7 (REFERENCES.md) and D7x: backbone, image size, BiFPN width, cells, head
+# repeats, fusion, anchor scale, coarsest level.
 EFFICIENTDET = {
-    "D0": ("efficientnet_b0", 512, 64, 3, 3, "fast_normalized"),
-    "D1": ("efficientnet_b1", 640, 88, 4, 3, "fast_normalized"),
-    "D2": ("efficientnet_b2", 768, 112, 5, 3, "fast_normalized"),
-    "D3": ("efficientnet_b3", 896, 160, 6, 4, "fast_normalized"),
-    "D4": ("efficientnet_b4", 1024, 224, 7, 4, "fast_normalized"),
-    "D5": ("efficientnet_b5", 1280, 288, 7, 4, "fast_normalized"),
-    "D6": ("efficientnet_b6", 1280, 384, 8, 5, "sum"),
-    "D7": ("efficientnet_b6", 1536, 384, 8, 5, "sum"),
+    "D0": ("efficientnet_b0", 512, 64, 3, 3, "fast_normalized", 4.0, 7),
+    "D1": ("efficientnet_b1", 640, 88, 4, 3, "fast_normalized", 4.0, 7),
+    "D2": ("efficientnet_b2", 768, 112, 5, 3, "fast_normalized", 4.0, 7),
+    "D3": ("efficientnet_b3", 896, 160, 6, 4, "fast_normalized", 4.0, 7),
+    "D4": ("efficientnet_b4", 1024, 224, 7, 4, "fast_normalized", 4.0, 7),
+    "D5": ("efficientnet_b5", 1280, 288, 7, 4, "fast_normalized", 4.0, 7),
+    "D6": ("efficientnet_b6", 1280, 384, 8, 5, "sum", 4.0, 7),
+    "D7": ("efficientnet_b6", 1536, 384, 8, 5, "sum", 5.0, 7),
+    "D7x": ("efficientnet_b7", 1536, 384, 8, 5, "sum", 4.0, 8),
 }
 
 
@@ -94,17 +96,21 @@ def test_synthetic_config_trains_one_step(name):
 
 @pytest.mark.parametrize("variant", sorted(EFFICIENTDET))
 def test_efficientdet_compound_scaling(variant):
-    backbone, size, width, cells, head, fusion = EFFICIENTDET[variant]
+    backbone, size, width, cells, head, fusion, anchor_scale, max_level = EFFICIENTDET[variant]
     cfg = load_yaml(f"EfficientDet/EfficientDet-{variant}.yaml")
+    assert cfg.MODEL.META_ARCHITECTURE == "EfficientDet"
     assert cfg.MODEL.BACKBONE.NAME == "build_retinanet_efficientnet_bifpn_backbone"
     assert cfg.MODEL.EFFICIENTNET.NAME == backbone
     assert cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE == 0.2
-    assert (cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.NUM_CELLS, cfg.MODEL.BIFPN.FUSION) == (
+    assert (cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.NUM_CELLS, cfg.MODEL.BIFPN.FUSE_TYPE) == (
         width,
         cells,
         fusion,
     )
-    assert cfg.MODEL.RETINANET.NUM_CONVS == head
+    assert cfg.MODEL.EFFICIENTDET.NUM_REPEATS == head
+    assert cfg.MODEL.EFFICIENTDET.ANCHOR_SCALE == anchor_scale
+    assert cfg.MODEL.BIFPN.MAX_LEVEL in (0, max_level)
+    assert cfg.MODEL.EFFICIENTDET.IN_FEATURES == [f"p{level}" for level in range(3, max_level + 1)]
     assert cfg.INPUT.MIN_SIZE_TRAIN == (size,) and cfg.INPUT.MAX_SIZE_TRAIN == size
     assert cfg.INPUT.MIN_SIZE_TEST == size and cfg.INPUT.MAX_SIZE_TEST == size
     assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.FPN.IN_FEATURES) == ["c3", "c4", "c5"]
@@ -137,9 +143,14 @@ def test_lazy_config_instantiates(name):
     cfg = LazyConfig.load(str(CONFIGS / name))
     model = instantiate(cfg.model).eval()
     width = model.backbone.output_shape()["p3"].channels
-    assert model.head.cls_score.in_channels == width  # derived, not written twice
-    convs = [m for m in model.head.cls_subnet if isinstance(m, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [width] * len(cfg.model.head.conv_dims)
+    if "EfficientDet" in name:  # separable convs; the width is derived, not written twice
+        convs = [c.pointwise for c in model.head.class_net.convs]
+        assert len(convs) == cfg.model.head.num_repeats
+    else:
+        convs = [m for m in model.head.cls_subnet if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == len(cfg.model.head.conv_dims)
+        assert model.head.cls_score.in_channels == width
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(width, width)] * len(convs)
     cfg.optimizer.params.model = model
     assert instantiate(cfg.optimizer).param_groups
     assert instantiate(cfg.lr_multiplier)(0.5) > 0

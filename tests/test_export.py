@@ -14,6 +14,7 @@ from _tiny_models import (
     image,
     spread_scores,
     tiny_cfg,
+    tiny_efficientdet_cfg,
 )
 from detectron2.checkpoint import DetectionCheckpointer
 from PIL import Image
@@ -107,11 +108,14 @@ def _tf_effdet_cfg():
     return cfg
 
 
+# The EfficientDet meta-architecture (its head, anchors and post-processing) on EfficientNet-B0 + BiFPN.
+EFFICIENTDET_MODEL = (EFFDET, tiny_efficientdet_cfg)
 TRACED = [(RETINA_BIFPN, None), (RETINA_FPN, None), (RCNN_BIFPN, None), (RCNN_FPN, None)]
-TRACED.append((EFFDET, _tf_effdet_cfg))
+TRACED += [(EFFDET, _tf_effdet_cfg), EFFICIENTDET_MODEL]
+CASE_NAMES = {None: "", _tf_effdet_cfg: "-tf", tiny_efficientdet_cfg: "-EfficientDet"}
 
 
-@pytest.mark.parametrize("builder,make_cfg", TRACED, ids=[b + ("-tf" if c else "") for b, c in TRACED])
+@pytest.mark.parametrize("builder,make_cfg", TRACED, ids=[b + CASE_NAMES[c] for b, c in TRACED])
 def test_detector_tracing_other_size(builder, make_cfg):
     """Traced at one size, the model runs correctly at others: no size or device is baked in."""
     model = build_tiny_detector(builder, make_cfg() if make_cfg else None)
@@ -125,9 +129,12 @@ def test_detector_tracing_other_size(builder, make_cfg):
         assert_instances_close(expected, actual, rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("builder", [RETINA_BIFPN, RCNN_FPN])
-def test_detector_scripting(builder):
-    model = build_tiny_detector(builder)
+SCRIPTED = [(RETINA_BIFPN, None), (RCNN_FPN, None), EFFICIENTDET_MODEL]
+
+
+@pytest.mark.parametrize("builder,make_cfg", SCRIPTED, ids=[b + CASE_NAMES[c] for b, c in SCRIPTED])
+def test_detector_scripting(builder, make_cfg):
+    model = build_tiny_detector(builder, make_cfg() if make_cfg else None)
     scripted = export_scripting(model)
     for x in (image(128, 160), image(99, 131, seed=1)):
         with torch.no_grad():

@@ -9,9 +9,12 @@ Two conversions::
     #     MODEL.WEIGHTS of a detector with an EfficientNet + BiFPN/FPN backbone.
     python tools/convert_weights.py efficientnet b0.pth out.pth --model efficientnet_b0 --to backbone
 
-    # (b) an effdet EfficientDet checkpoint for the BiFPN detector of a config
-    #     (keys backbone.*, for MODEL.WEIGHTS); the config must describe the same network
-    #     (EfficientNet size, BiFPN width, cells, levels, TF padding for tf_ models).
+    # (b) an effdet EfficientDet checkpoint for the detector of a config (for MODEL.WEIGHTS);
+    #     the config must describe the same network (EfficientNet size, BiFPN width, cells,
+    #     levels, head repeats, TF padding and biases for tf_ models). With META_ARCHITECTURE
+    #     "EfficientDet" the whole model is converted (--coco-80: keep the 80 COCO classes of
+    #     Detectron2 out of effdet's 90); with another detector (RetinaNet, Faster R-CNN)
+    #     only its BiFPN backbone (keys backbone.*).
     python tools/convert_weights.py effdet --config-file cfg.yaml effdet_d0.pth out.pth [KEY VALUE ...]
 
 Each conversion prints the missing keys (the target model has them, the file does not)
@@ -41,6 +44,8 @@ def get_parser() -> argparse.ArgumentParser:
     det.add_argument("source", help="effdet checkpoint")
     det.add_argument("output", help="Detectron2 checkpoint to write (for MODEL.WEIGHTS)")
     det.add_argument("--config-file", required=True, help="config of the BiFPN detector")
+    det.add_argument("--coco-80", action="store_true",
+                     help="the checkpoint has effdet's 90 COCO classes: keep Detectron2's 80")
     det.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs (last)")
     return parser
 
@@ -51,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> Report:
     setup_logger(name="bifpn_d2")
     if args.command == "efficientnet":
         return convert_efficientnet_file(args.source, args.output, args.model, args.to)
-    return convert_effdet_file(args.source, args.output, args.config_file, args.opts)
+    return convert_effdet_file(args.source, args.output, args.config_file, args.opts, args.coco_80)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ BIFPN_BEFORE: Dict[str, str] = {
     "MODEL.BIFPN.TOP_BLOCK": "efficientdet",
     "MODEL.BIFPN.SEPARABLE_CONV": "True",
     "MODEL.BIFPN.NORM": "GN",
-    "MODEL.BIFPN.FUSION": "fast_normalized",
+    "MODEL.BIFPN.FUSE_TYPE": "fast_normalized",
     "MODEL.BIFPN.GRAPH": "bifpn",
     "MODEL.BIFPN.CONV_INIT": "xavier_uniform",
     "MODEL.BIFPN.ACTIVATION": "swish",
@@ -113,9 +113,9 @@ ARMS: List[Arm] = [
         "fusion",
         "softmax fusion instead of fast normalized",
         BIFPN_BEFORE,
-        FUSION="softmax",
+        FUSE_TYPE="softmax",
     ),
-    _bifpn("fusion_sum", "fusion", "plain sum fusion", BIFPN_BEFORE, FUSION="sum"),
+    _bifpn("fusion_sum", "fusion", "plain sum fusion", BIFPN_BEFORE, FUSE_TYPE="sum"),
     _bifpn("graph_panet", "graph", "PANet cells (no same-level skip edges)", BIFPN_BEFORE, GRAPH="panet"),
     _bifpn(
         "init_c2_xavier",
@@ -244,7 +244,7 @@ def write_report(
     fusion_runs = {}
     for arm, run in results:
         if arm.name in ("bifpn_before", "fusion_softmax") and run.scalars:
-            fusion_runs.setdefault(arm.overrides["MODEL.BIFPN.FUSION"], run)
+            fusion_runs.setdefault(arm.overrides["MODEL.BIFPN.FUSE_TYPE"], run)
     if len(fusion_runs) == 2:
         paths.append(
             plot_fusion_weights(

@@ -1,5 +1,5 @@
-"""Building blocks shared by the FPN and BiFPN necks."""
-from .conv import SeparableConvNorm
+"""Building blocks shared by the FPN and BiFPN necks and the EfficientDet heads."""
+from .conv import SeparableConv, SeparableConvNorm, conv3x3
 from .fusion import FUSION_METHODS, WeightedFusion
 from .norm import ACTIVATIONS, NORMS, LayerStyle, canonical_norm, make_activation, make_norm
 from .resample import ResampleToLevel, max_pool_down
@@ -10,9 +10,11 @@ __all__ = [
     "NORMS",
     "LayerStyle",
     "ResampleToLevel",
+    "SeparableConv",
     "SeparableConvNorm",
     "WeightedFusion",
     "canonical_norm",
+    "conv3x3",
     "make_activation",
     "make_norm",
     "max_pool_down",

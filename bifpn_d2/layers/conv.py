@@ -1,4 +1,5 @@
-"""The 3x3 convolution applied after each fusion: separable (default) or plain, then norm."""
+"""3x3 convolutions: the one applied after each fusion (separable or plain, then norm), and
+the bare separable conv that EfficientDet's heads share across levels."""
 from typing import Optional
 
 import torch
@@ -6,7 +7,7 @@ from torch import nn
 
 from .norm import LayerStyle
 
-__all__ = ["SeparableConvNorm"]
+__all__ = ["SeparableConv", "SeparableConvNorm", "conv3x3"]
 
 
 class SeparableConvNorm(nn.Module):
@@ -37,3 +38,26 @@ class SeparableConvNorm(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+class SeparableConv(nn.Module):
+    """``(N, C_in, H, W) -> (N, C_out, H, W)``: depthwise 3x3 (no bias), then pointwise 1x1.
+
+    No norm inside, so that one conv can serve several pyramid levels, each with its own
+    norm after it (EfficientDet's heads).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def conv3x3(in_channels: int, out_channels: int, separable: bool, bias: bool) -> nn.Module:
+    """A stride-1 3x3 conv that keeps the size: :class:`SeparableConv` or a dense ``nn.Conv2d``."""
+    if separable:
+        return SeparableConv(in_channels, out_channels, bias)
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)

@@ -1,7 +1,10 @@
-"""Backbones: bottom-up networks, pyramid necks and their registered builders."""
+"""Backbones (bottom-up networks, pyramid necks, their registered builders) and the
+EfficientDet meta-architecture."""
 from .bifpn import BiFPN
 from .builders import *  # noqa: F401,F403  (registers the builders)
 from .builders import __all__ as _builders
+from .efficientdet import EFFICIENTDET_ANCHOR_SHAPES, EfficientDet, EfficientDetAnchorGenerator
+from .efficientdet_head import EfficientDetHead, PredictionNet
 from .efficientnet import EfficientNetBackbone
 from .fold import FrozenFusion, fold_for_inference
 from .fpn import WeightedFPN
@@ -13,6 +16,10 @@ from .top_blocks import ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
 __all__ = [
     "BiFPN",
     "ConvP6P7TopBlock",
+    "EFFICIENTDET_ANCHOR_SHAPES",
+    "EfficientDet",
+    "EfficientDetAnchorGenerator",
+    "EfficientDetHead",
     "EfficientDetTopBlock",
     "EfficientNetBackbone",
     "FrozenFusion",
@@ -20,6 +27,7 @@ __all__ = [
     "GRAPHS",
     "MaxPoolTopBlock",
     "PyramidBackbone",
+    "PredictionNet",
     "PyramidCell",
     "PyramidNode",
     "WeightedFPN",

@@ -1,15 +1,14 @@
-"""EfficientDet-D0 as a Detectron2 RetinaNet: EfficientNet-B0 (c3-c5) -> BiFPN (64 channels,
-3 cells, P3-P7) -> 3-conv head at 512 px; the LazyConfig twin of
-``configs/EfficientDet/EfficientDet-D0.yaml`` (see its base for where Detectron2's RetinaNet
-differs from EfficientDet)."""
+"""EfficientDet-D0: EfficientNet-B0 (c3-c5) -> BiFPN (64 channels, 3 cells, P3-P7) ->
+EfficientDet's head (3 separable repeats) at 512 px; the LazyConfig twin of
+``configs/EfficientDet/EfficientDet-D0.yaml``."""
 
 from detectron2.config import LazyCall as L
 
 from bifpn_d2 import BiFPN, EfficientNetBackbone
 
-from .common import coco_dataloader, retinanet, schedule_1x, sgd, train_options
+from .common import coco_dataloader, efficientdet, schedule_1x, sgd, train_options
 
-model = retinanet(
+model = efficientdet(
     backbone=L(BiFPN)(
         bottom_up=L(EfficientNetBackbone)(
             model_name="efficientnet_b0",
@@ -24,9 +23,8 @@ model = retinanet(
         fusion="fast_normalized",
         norm="SyncBN",
     ),
-    num_convs=3,
+    num_repeats=3,
     head_norm="SyncBN",
-    image_format="RGB",
 )
 dataloader = coco_dataloader(
     image_format="RGB", train_sizes=(512,), max_size_train=512, size_test=512, max_size_test=512

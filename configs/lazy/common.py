@@ -1,5 +1,5 @@
-"""Parts shared by the LazyConfig (``.py``) configs: a RetinaNet around any pyramid
-backbone, COCO data loaders, SGD and Detectron2's 1x schedule, training options.
+"""Parts shared by the LazyConfig (``.py``) configs: a RetinaNet or an EfficientDet around
+any pyramid backbone, COCO data loaders, SGD and Detectron2's 1x schedule, training options.
 
 Load a config with ``detectron2.config.LazyConfig.load`` (or ``tools/lazy_train_net.py``).
 The functions here run when the config is loaded and return ``LazyCall`` trees; nothing
@@ -30,6 +30,8 @@ from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
+
+from bifpn_d2 import EfficientDet, EfficientDetAnchorGenerator, EfficientDetHead
 
 # Pixel statistics: MSRA ResNet weights take BGR in [0, 255] minus the mean; timm
 # EfficientNets take RGB normalised with the ImageNet mean and std.
@@ -77,6 +79,48 @@ def retinanet(
         pixel_mean=BGR_MEAN if image_format == "BGR" else RGB_MEAN,
         pixel_std=BGR_STD if image_format == "BGR" else RGB_STD,
         input_format=image_format,
+    )
+
+
+def efficientdet(
+    backbone,
+    num_repeats: int = 3,
+    head_norm: str = "SyncBN",
+    num_classes: int = 80,
+    anchor_scale: float = 4.0,
+    max_level: int = 7,
+):
+    """EfficientDet (bifpn_d2's meta-architecture) over a P3-P``max_level`` pyramid
+    ``backbone`` (a ``LazyCall`` with ``out_channels``): the LazyConfig form of
+    ``configs/EfficientDet/Base-EfficientDet.yaml``.
+
+    The head's class and box nets have ``num_repeats`` separable convs as wide as the
+    pyramid, one ``head_norm`` per level; anchors are 3 scales x 3 shapes at
+    ``anchor_scale x stride``. Losses and post-processing keep ``EfficientDet``'s defaults
+    (effdet's: focal gamma 1.5, Huber delta 0.1 x 50, top 5000 over all levels, NMS 0.5).
+    """
+    levels = range(3, max_level + 1)
+    num_scales = 3
+    return L(EfficientDet)(
+        backbone=backbone,
+        head=L(EfficientDetHead)(
+            in_channels="${..backbone.out_channels}",
+            num_levels=len(levels),
+            num_anchors=num_scales * 3,
+            num_classes="${..num_classes}",
+            num_repeats=num_repeats,
+            norm=head_norm,
+        ),
+        head_in_features=[f"p{level}" for level in levels],
+        anchor_generator=L(EfficientDetAnchorGenerator)(
+            strides=[2**level for level in levels], anchor_scale=anchor_scale, num_scales=num_scales
+        ),
+        box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
+        anchor_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=True),
+        num_classes=num_classes,
+        pixel_mean=RGB_MEAN,
+        pixel_std=RGB_STD,
+        input_format="RGB",
     )
 
 

@@ -1,0 +1,305 @@
+"""Our EfficientDet D0-D7x against effdet's (rwightman's EfficientDet), in one process.
+
+A *pair* is effdet's model ``effdet_name`` (random weights) and ours, built from our
+``configs/EfficientDet/EfficientDet-<variant>.yaml`` with the effdet model's flavour
+(``tf_`` models: TF "same" padding and redundant biases; bottom-up name, stochastic depth)
+and effdet's class count, holding effdet's weights (:func:`convert_effdet_detector`): the
+two compute the same function. The config's widths, depths, repeats, anchor scale and
+levels are checked against effdet's config on the way.
+
+- :func:`size_rows`: parameters and fvcore FLOPs (multiply-adds) of both networks
+  (backbone + BiFPN + class and box nets, one image at the config's size), next to the
+  paper's figures and our shipped config (80 classes);
+- :func:`race_rows`: wall-clock medians, interleaved round by round, of
+  - inference: pixels (0-255) -> normalised batch -> network -> detections (effdet's
+    ``DetBenchPredict``; ours: :func:`~bifpn_d2.export.raw_inference`, and the same on
+    ``fold_for_inference(ours)``);
+  - training step: pixels + boxes -> losses -> backward (effdet's ``DetBenchTrain`` with
+    its anchor labeler; ours: the model in training mode);
+  effdet as shipped and in channels-last memory format (model and input), its faster one
+  being "effdet best". Ratios are ours / effdet best.
+
+Not imported by ``import bifpn_d2``; needs ``effdet``.
+"""
+import copy
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+from ..convert import box_channel_order, convert_effdet_detector
+from ..engine.config import load_config
+from ..export import raw_inference
+from ..modeling.fold import fold_for_inference
+from .measure import count_flops, count_parameters, interleaved_times, median
+
+__all__ = [
+    "PAPER",
+    "RACE_TARGET",
+    "VARIANTS",
+    "build_pair",
+    "config_path",
+    "race_rows",
+    "size_rows",
+]
+
+VARIANTS = ("D0", "D1", "D2", "D3", "D4", "D5", "D6", "D7", "D7x")
+# Published (params M, GFLOPs): the paper's Table 2 for D0-D7, google/automl's README for D7x.
+PAPER = {
+    "D0": (3.9, 2.54), "D1": (6.6, 6.10), "D2": (8.1, 11.0), "D3": (12.0, 24.9), "D4": (20.7, 55.2),
+    "D5": (33.7, 130.0), "D6": (51.9, 226.0), "D7": (51.9, 325.0), "D7x": (77.0, 410.0),
+}
+RACE_TARGET = 0.7  # ours / effdet's best, every row
+# Ground-truth boxes of every image of the training step, as fractions of (W, H, W, H).
+_BOXES = torch.tensor([[0.1, 0.1, 0.3, 0.25], [0.4, 0.3, 0.8, 0.7], [0.05, 0.5, 0.95, 0.98]])
+_CLASSES = torch.tensor([0, 1, 2])
+
+
+def config_path(variant: str, config_root: str = "configs") -> str:
+    """``configs/EfficientDet/EfficientDet-<variant>.yaml``."""
+    return os.path.join(config_root, "EfficientDet", f"EfficientDet-{variant}.yaml")
+
+
+def _import_effdet():
+    try:
+        import effdet
+    except ImportError as e:
+        raise ImportError("comparing with effdet needs it installed: pip install effdet") from e
+    return effdet
+
+
+def _our_config(variant: str, effdet_config: Any, config_root: str):
+    """Our config of ``variant`` in the flavour of ``effdet_config``; checks that both
+    describe the same network."""
+    cfg = load_config(config_path(variant, config_root), ["MODEL.DEVICE", "cpu"])
+    bc, ec = cfg.MODEL.BIFPN, cfg.MODEL.EFFICIENTDET
+    ours = (bc.OUT_CHANNELS, bc.NUM_CELLS, ec.NUM_REPEATS, ec.ANCHOR_SCALE, len(ec.IN_FEATURES),
+            (bc.FUSION or bc.FUSE_TYPE) == "sum", cfg.INPUT.MIN_SIZE_TEST)
+    theirs = (effdet_config.fpn_channels, effdet_config.fpn_cell_repeats, effdet_config.box_class_repeats,
+              effdet_config.anchor_scale, effdet_config.num_levels, effdet_config.fpn_name == "bifpn_sum",
+              effdet_config.image_size[0])
+    if ours != theirs:
+        raise ValueError(f"{config_path(variant, config_root)} (width, cells, repeats, anchor scale, levels, "
+                         f"sum fusion, size) = {ours} but effdet's {effdet_config.name} has {theirs}")
+    tf_padding = effdet_config.pad_type == "same"
+    cfg.MODEL.EFFICIENTNET.NAME = effdet_config.backbone_name
+    cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE = (effdet_config.backbone_args or {}).get("drop_path_rate", 0.0)
+    cfg.MODEL.BIFPN.SAME_PADDING = tf_padding
+    cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = ec.BIAS_BEFORE_NORM = effdet_config.redundant_bias
+    cfg.MODEL.EFFICIENTNET.NORM = bc.NORM = ec.NORM = "BN"  # one process, as effdet's plain BN
+    ec.NUM_CLASSES = effdet_config.num_classes
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def build_pair(
+    variant: str,
+    effdet_name: str,
+    device: torch.device,
+    config_root: str = "configs",
+    image_size: Optional[Sequence[int]] = None,
+) -> Tuple[nn.Module, nn.Module]:
+    """``(effdet's model, ours)`` with the same (random) weights, in eval mode on ``device``;
+    effdet's is built for ``image_size`` (default: its own, the config's size)."""
+    effdet = _import_effdet()
+    cfg = _our_config(variant, effdet.get_efficientdet_config(effdet_name), config_root)
+    size = {"image_size": list(image_size)} if image_size else {}
+    reference = effdet.create_model(effdet_name, pretrained=False, pretrained_backbone=False, **size)
+    cfg.MODEL.DEVICE = device.type
+    ours = build_model(cfg)
+    state, missing, unexpected = convert_effdet_detector(reference.state_dict(), ours)
+    if missing or unexpected:
+        raise ValueError(f"{effdet_name} -> {variant}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    ours.load_state_dict(state)
+    return reference.to(device).eval(), ours.eval()
+
+
+class _Network(nn.Module):
+    """A detector's network alone (no pre- or post-processing): ``x -> (outputs, ...)``,
+    class then box outputs per level, for FLOP counting."""
+
+    def __init__(self, model: nn.Module, ours: bool):
+        super().__init__()
+        self.model = model
+        self.ours = ours
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if self.ours:
+            features = self.model.backbone(x)
+            logits, boxes = self.model.head([features[f] for f in self.model.head_in_features])
+        else:
+            logits, boxes = self.model(x)
+        return tuple(logits) + tuple(boxes)
+
+
+def size_rows(
+    variants: Sequence[str] = VARIANTS,
+    config_root: str = "configs",
+    flops: bool = True,
+    on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> List[Dict[str, Any]]:
+    """Parameters and FLOPs of ours and effdet's ``tf_efficientdet_<variant>`` (effdet's
+    ports of the paper's TensorFlow models: 90 classes, redundant biases), one image at the
+    config's size, plus our shipped config's parameters (80 classes, no redundant biases).
+    ``on_row`` is called with each row as it is measured."""
+    rows = []
+    device = torch.device("cpu")
+    for variant in variants:
+        reference, ours = build_pair(variant, f"tf_efficientdet_{variant.lower()}", device, config_root)
+        size = reference.config.image_size
+        shipped = load_config(config_path(variant, config_root), ["MODEL.DEVICE", "cpu"])
+        shipped.MODEL.DEVICE = "meta"
+        with torch.device("meta"):
+            shipped_params = count_parameters(build_model(shipped))
+        row: Dict[str, Any] = {
+            "variant": variant,
+            "input": f"{size[0]}x{size[1]}",
+            "params_M": count_parameters(ours) / 1e6,
+            "effdet_params_M": count_parameters(reference) / 1e6,
+            "paper_params_M": PAPER[variant][0],
+            "shipped_config_params_M": shipped_params / 1e6,
+        }
+        row["params_ratio"] = row["params_M"] / row["effdet_params_M"]
+        if flops:
+            x = torch.zeros(1, 3, *size)
+            row["GFLOPs"] = count_flops(_Network(ours, True), (x,)) / 1e9
+            row["effdet_GFLOPs"] = count_flops(_Network(reference, False), (x,)) / 1e9
+            row["paper_GFLOPs"] = PAPER[variant][1]
+            row["GFLOPs_ratio"] = row["GFLOPs"] / row["effdet_GFLOPs"]
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        del reference, ours
+    return rows
+
+
+def _pixels(batch: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+class _Contestants:
+    """The callables of one race (one variant, size and batch): each runs one inference or
+    one training step from the same pixels."""
+
+    def __init__(self, reference: nn.Module, ours: nn.Module, pixels: torch.Tensor):
+        effdet = _import_effdet()
+        height, width = pixels.shape[-2:]
+        self.mean = ours.pixel_mean.view(1, 3, 1, 1)
+        self.std = ours.pixel_std.view(1, 3, 1, 1)
+        self.pixels = pixels
+        self.pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
+        reference_cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
+        self.predict = effdet.DetBenchPredict(reference).eval()
+        self.predict_cl = effdet.DetBenchPredict(reference_cl).eval()
+        self.train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True).train()
+        self.train_cl = effdet.DetBenchTrain(copy.deepcopy(reference_cl), create_labeler=True).train()
+        self.ours = ours.eval()
+        self.folded = fold_for_inference(ours)
+        self.ours_train = copy.deepcopy(ours).train()
+        scale = torch.tensor([width, height, width, height], dtype=torch.float)
+        boxes = _BOXES * scale
+        batch = len(pixels)
+        # effdet: (y0, x0, y1, x1) boxes, classes from 1
+        self.target = {"bbox": boxes[:, [1, 0, 3, 2]].expand(batch, -1, -1),
+                       "cls": (_CLASSES + 1.0).expand(batch, -1)}
+        self.inputs = [{"image": image, "instances": Instances((height, width), gt_boxes=Boxes(boxes),
+                                                              gt_classes=_CLASSES)} for image in pixels]
+
+    def _normalised(self, channels_last: bool) -> torch.Tensor:
+        pixels = self.pixels_cl if channels_last else self.pixels
+        return (pixels - self.mean) / self.std
+
+    def inference(self) -> Dict[str, Callable[[], Any]]:
+        images = [{"image": x["image"]} for x in self.inputs]
+        return {
+            "effdet": lambda: self.predict(self._normalised(False)),
+            "effdet channels-last": lambda: self.predict_cl(self._normalised(True)),
+            "ours": lambda: raw_inference(self.ours, images),
+            "ours folded": lambda: raw_inference(self.folded, images),
+        }
+
+    def training(self) -> Dict[str, Callable[[], Any]]:
+        def effdet_step(bench: nn.Module, channels_last: bool) -> None:
+            bench.zero_grad(set_to_none=True)
+            bench(self._normalised(channels_last), self.target)["loss"].backward()
+
+        def our_step() -> None:
+            self.ours_train.zero_grad(set_to_none=True)
+            with EventStorage():
+                losses = self.ours_train(self.inputs)
+            sum(losses.values()).backward()
+
+        return {
+            "effdet": lambda: effdet_step(self.train, False),
+            "effdet channels-last": lambda: effdet_step(self.train_cl, True),
+            "ours": our_step,
+        }
+
+
+@torch.no_grad()
+def _relative_difference(reference: nn.Module, ours: nn.Module, x: torch.Tensor) -> float:
+    """The largest ``max |ours - effdet| / max |effdet|`` over the network's outputs (class
+    logits, box regressions in effdet's order) on ``x``."""
+    expected, actual = _Network(reference, False)(x), _Network(ours, True)(x)
+    num_levels = len(actual) // 2
+    order = box_channel_order(ours.head.num_anchors)
+    expected = expected[:num_levels] + tuple(e[:, order] for e in expected[num_levels:])
+    return max(((a - e).abs().max() / e.abs().max()).item() for a, e in zip(actual, expected))
+
+
+def race_rows(
+    variants: Sequence[str] = ("D0", "D3"),
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: Sequence[int] = (1, 2),
+    repeats: int = 5,
+    warmup: int = 1,
+    sizes: Optional[Dict[str, Sequence[int]]] = None,
+    config_root: str = "configs",
+    on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> List[Dict[str, Any]]:
+    """Race ours against effdet's ``efficientdet_<variant>`` (PyTorch padding, the flavour
+    of our configs), on the CPU: for each variant, thread count and batch size, an
+    inference row and a training-step row (see the module docstring).
+
+    Args:
+        sizes: input ``[H, W]`` per variant (default: the config's, e.g. 512 for D0); effdet
+            builds its anchors and BiFPN for that size.
+        repeats, warmup: measured and discarded rounds of :func:`interleaved_times`.
+        on_row: called with each row as it is measured.
+    Returns:
+        rows with milliseconds per contestant (medians) and ``ours / effdet best`` ratios.
+    """
+    effdet = _import_effdet()
+    device = torch.device("cpu")
+    rows = []
+    for variant in variants:
+        name = f"efficientdet_{variant.lower()}"
+        size = list((sizes or {}).get(variant) or effdet.get_efficientdet_config(name).image_size)
+        reference, ours = build_pair(variant, name, device, config_root, size)
+        difference = _relative_difference(reference, ours, torch.randn(1, 3, *size))
+        for num_threads in threads:
+            torch.set_num_threads(num_threads)
+            for batch in batch_sizes:
+                contestants = _Contestants(reference, ours, _pixels(batch, size))
+                phases = (("inference", contestants.inference()), ("training step", contestants.training()))
+                for phase, fns in phases:
+                    with torch.no_grad() if phase == "inference" else torch.enable_grad():
+                        times = interleaved_times(fns, repeats, warmup)
+                    ms = {k: 1000 * median(v) for k, v in times.items()}
+                    best = min(ms["effdet"], ms["effdet channels-last"])
+                    row = {"variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch,
+                           "threads": num_threads, "phase": phase, **{f"{k} ms": v for k, v in ms.items()},
+                           "ours / effdet best": ms["ours"] / best}
+                    if "ours folded" in ms:
+                        row["ours folded / effdet best"] = ms["ours folded"] / best
+                    row["target"] = RACE_TARGET
+                    row["output difference (relative)"] = difference
+                    rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
+    return rows
+

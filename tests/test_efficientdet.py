@@ -1,0 +1,267 @@
+"""The EfficientDet meta-architecture: with weights converted from effdet's
+``efficientdet_d0`` / ``tf_efficientdet_d0`` (random, with randomised norms and biases) it
+gives effdet's class logits, box regressions, detections and losses; its anchors are
+effdet's; the converter reports missing and unexpected keys; every shipped D0-D7x config
+trains a step at an odd size with a gradient in every parameter."""
+import csv
+import functools
+import subprocess
+import sys
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+import torch
+from _tiny_models import randomize_norms_and_biases
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import EventStorage
+from fvcore.nn import sigmoid_focal_loss
+
+import bifpn_d2
+from bifpn_d2 import EfficientDetAnchorGenerator
+from bifpn_d2.convert import (
+    COCO_THING_CLASSES,
+    box_channel_order,
+    convert_effdet_detector,
+    convert_effdet_file,
+)
+from bifpn_d2.export import assert_instances_close
+from bifpn_d2.modeling.efficientdet import sparse_focal_loss
+
+effdet = pytest.importorskip("effdet")
+
+ROOT = Path(__file__).resolve().parents[1]
+D0 = ROOT / "configs/EfficientDet/EfficientDet-D0.yaml"
+CONFIGS = sorted((ROOT / "configs/EfficientDet").glob("EfficientDet-D*.yaml"))
+BOX_ORDER = box_channel_order(9)  # effdet's (dy, dx, dh, dw) of each anchor, as our (dx, dy, dw, dh)
+TOL = 1e-4
+
+
+def _d0_cfg(effdet_name: str, num_classes: int = 90):
+    """Our D0 config as the effdet model ``effdet_name``: TF padding and biases for tf_."""
+    tf_port = effdet_name.startswith("tf_")
+    cfg = bifpn_d2.add_bifpn_config(get_cfg())
+    cfg.merge_from_file(str(D0))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.EFFICIENTNET.NAME = ("tf_" if tf_port else "") + "efficientnet_b0"
+    cfg.MODEL.BIFPN.SAME_PADDING = cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = tf_port
+    cfg.MODEL.EFFICIENTDET.BIAS_BEFORE_NORM = tf_port
+    cfg.MODEL.EFFICIENTDET.NUM_CLASSES = num_classes
+    cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = 0.0  # effdet's DetBenchPredict keeps all 100
+    return cfg
+
+
+@functools.lru_cache(maxsize=2)
+def _pair(effdet_name: str, size: Tuple[int, int]):
+    """effdet's model for ``size`` (its BiFPN and anchors are built for one size) with
+    random weights, and ours with the same weights; both in eval mode."""
+    torch.manual_seed(0)
+    reference = effdet.create_model(effdet_name, pretrained=False, pretrained_backbone=False, image_size=size)
+    randomize_norms_and_biases(reference.eval())
+    ours = build_model(_d0_cfg(effdet_name)).eval()
+    state, missing, unexpected = convert_effdet_detector(reference.state_dict(), ours)
+    assert missing == [] and unexpected == []
+    ours.load_state_dict(state)
+    return reference, ours
+
+
+def _our_network(model, x: torch.Tensor):
+    """Backbone and head on a preprocessed batch: (features, (logits, box regressions))."""
+    features = model.backbone(x)
+    features = [features[f] for f in model.head_in_features]
+    return features, model.head(features)
+
+
+@pytest.mark.parametrize("effdet_name", ["efficientdet_d0", "tf_efficientdet_d0"])
+@pytest.mark.parametrize("size", [(256, 384), (255, 329)], ids=["256x384", "odd-255x329"])
+def test_outputs_equal_effdet(effdet_name, size):
+    """Same preprocessed image, same weights: the same logits and box regressions (box
+    channels reordered), also at an odd size (effdet then needs its image_size set to it)."""
+    reference, ours = _pair(effdet_name, size)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected_logits, expected_boxes = reference(x)
+        _, (logits, boxes) = _our_network(ours, x)
+    assert len(logits) == len(expected_logits) == 5
+    assert max(e.abs().max().item() for e in expected_logits) > 3  # spread, not all at the prior
+    for actual, expected in zip(logits, expected_logits):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=TOL)
+    for actual, expected in zip(boxes, expected_boxes):
+        torch.testing.assert_close(actual, expected[:, BOX_ORDER], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("effdet_name", ["efficientdet_d0", "tf_efficientdet_d0"])
+def test_detections_and_losses_equal_effdet(effdet_name):
+    """effdet's DetBenchPredict (top 5000 over all levels, clipping, NMS, top 100) and
+    DetBenchTrain (its anchor labeler, focal and Huber losses) against ours. Sizes are
+    multiples of 128, where effdet's anchor strides are exact."""
+    height, width = size = (256, 384)
+    reference, ours = _pair(effdet_name, size)
+    x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(2))
+    img_info = {"img_scale": torch.ones(1), "img_size": torch.tensor([[width, height]], dtype=torch.float)}
+    # Box corners off the anchor centres: effdet skips regression targets that are exactly 0.
+    gt_boxes = torch.tensor([[20.3, 30.1, 120.7, 90.6], [150.2, 40.9, 300.1, 220.3],
+                             [10.1, 150.3, 60.2, 250.9]])
+    gt_classes = torch.tensor([3, 17, 60])
+    target = {"bbox": gt_boxes[:, [1, 0, 3, 2]][None], "cls": (gt_classes + 1)[None].float(), **img_info}
+    with torch.no_grad():
+        expected = effdet.DetBenchPredict(reference)(x, img_info=img_info)[0]
+        expected_losses = effdet.DetBenchTrain(reference, create_labeler=True).eval()(x, target)
+        images = ImageList(x, [size])
+        features, predictions = _our_network(ours, x)
+        detections = ours.forward_inference(images, features, predictions)[0]
+        instances = Instances(size, gt_boxes=Boxes(gt_boxes), gt_classes=gt_classes)
+        with EventStorage():
+            losses = ours.forward_training(images, features, ours.head(features), [instances])
+
+    expected = Instances(size, pred_boxes=Boxes(expected[:, :4]), scores=expected[:, 4],
+                         pred_classes=expected[:, 5].long() - 1)  # effdet's classes start at 1
+    assert len(detections) == 100
+    assert_instances_close(detections, expected, rtol=0, atol=1e-3)  # boxes in pixels, up to 384
+    torch.testing.assert_close(losses["loss_cls"], expected_losses["class_loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses["loss_box_reg"], 50 * expected_losses["box_loss"].float(),
+                               rtol=1e-5, atol=0)
+
+
+def test_sparse_focal_loss_equals_fvcore():
+    """The focal loss without one-hot targets: fvcore's value and gradient, ignored rows
+    left out."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 500, 7, generator=generator) * 4).requires_grad_()
+    positives = (torch.tensor([0, 1, 1]), torch.tensor([3, 70, 499]), torch.tensor([2, 0, 6]))
+    targets = torch.zeros_like(logits)
+    targets[positives] = 1.0
+    valid = torch.rand(2, 500, generator=generator) > 0.2
+    valid[positives[:2]] = True
+    expected = sigmoid_focal_loss(logits[valid], targets[valid], alpha=0.25, gamma=1.5, reduction="sum")
+    actual = sparse_focal_loss(logits, positives, valid, alpha=0.25, gamma=1.5)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=0)
+    (expected_grad,), (actual_grad,) = (torch.autograd.grad(v, logits) for v in (expected, actual))
+    torch.testing.assert_close(actual_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("anchor_scale", [4.0, 5.0])
+def test_anchors_equal_effdet(anchor_scale):
+    size = (256, 384)
+    expected = effdet.anchors.Anchors(3, 7, 3, [(1.0, 1.0), (1.4, 0.7), (0.7, 1.4)], anchor_scale, size).boxes
+    strides = [8, 16, 32, 64, 128]
+    generator = EfficientDetAnchorGenerator(strides=strides, anchor_scale=anchor_scale)
+    grids = [torch.zeros(1, 1, -(-size[0] // s), -(-size[1] // s)) for s in strides]
+    actual = torch.cat([boxes.tensor for boxes in generator(grids)])
+    torch.testing.assert_close(actual, expected[:, [1, 0, 3, 2]], rtol=1e-6, atol=1e-4)  # float32 rounding
+
+
+def test_convert_tool_whole_model(tmp_path):
+    """An effdet checkpoint file becomes a Detectron2 checkpoint of the D0 config with no
+    missing or unexpected key; a config with fewer head repeats gets a report that names
+    the keys left over; --coco-80 keeps Detectron2's 80 COCO classes of effdet's 90."""
+    reference, _ = _pair("efficientdet_d0", (256, 384))
+    bench_state = {"model." + k: v for k, v in reference.state_dict().items()}  # saved from a DetBench
+    torch.save({"model": bench_state}, tmp_path / "bench.pth")
+    files = [str(tmp_path / "bench.pth"), str(tmp_path / "d2.pth")]
+    report = convert_effdet_file(*files, str(D0), ["MODEL.EFFICIENTDET.NUM_CLASSES", "90"])
+    assert report.missing == [] and report.unexpected == []
+
+    report = convert_effdet_file(*files, str(D0), ["MODEL.EFFICIENTDET.NUM_CLASSES", "90",
+                                                   "MODEL.EFFICIENTDET.NUM_REPEATS", "2"])
+    assert report.missing == []
+    # The third repeat of both nets: its convs and its norm at every level.
+    assert sorted({k.split(".")[1] for k in report.unexpected}) == ["box_net", "class_net"]
+    assert all(".convs.2." in k or (".norms." in k and k.split(".")[4] == "2") for k in report.unexpected)
+
+    with pytest.raises(ValueError, match="wrong shape"):  # 90 classes into an 80-class model
+        convert_effdet_file(*files, str(D0))
+    convert_effdet_file(*files, str(D0), coco_80=True)
+    ours = build_model(_d0_cfg("efficientdet_d0", num_classes=80)).eval()
+    DetectionCheckpointer(ours).load(files[1])
+    x = torch.randn(1, 3, 256, 384)
+    with torch.no_grad():
+        expected, _ = reference(x)
+        _, (logits, _) = _our_network(ours, x)
+    channels = [90 * a + k for a in range(9) for k in COCO_THING_CLASSES]
+    for actual, reference_logits in zip(logits, expected):
+        torch.testing.assert_close(actual, reference_logits[:, channels], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_trains_one_step_at_odd_size(config):
+    """Each shipped EfficientDet config trains one step on a batch of two images of an odd
+    size: finite losses and a gradient in every parameter; then infers. D0-D2 as shipped;
+    from D3 on (B3-B7 bottom-ups, built in full here) the BiFPN is cut to 32 channels and
+    2 cells for time (test_configs builds their full shapes)."""
+    cfg = bifpn_d2.add_bifpn_config(get_cfg())
+    cfg.merge_from_file(str(config))
+    cfg.MODEL.DEVICE = "cpu"
+    if cfg.MODEL.BIFPN.OUT_CHANNELS > 112:
+        cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.NUM_CELLS = 32, 2
+    # SyncBN in training needs a process group
+    cfg.MODEL.EFFICIENTNET.NORM = cfg.MODEL.BIFPN.NORM = cfg.MODEL.EFFICIENTDET.NORM = "BN"
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    generator = torch.Generator().manual_seed(0)
+    height, width = 97, 131
+    boxes = Boxes(torch.tensor([[5.0, 7.0, 60.0, 80.0], [70, 20, 125, 50]]))
+    instances = Instances((height, width), gt_boxes=boxes, gt_classes=torch.tensor([0, 41]))
+    batch = [{"image": torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8),
+              "instances": instances} for _ in range(2)]
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+    with torch.no_grad():
+        (result,) = model.eval()(batch[:1])
+    assert result["instances"].image_size == (height, width)
+
+
+def test_square_padding():
+    """SQUARE_SIZE pads every batch to effdet's fixed square; larger images are refused."""
+    cfg = _d0_cfg("efficientdet_d0")
+    cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.EFFICIENTDET.NUM_REPEATS = 16, 1
+    cfg.MODEL.EFFICIENTDET.SQUARE_SIZE = 192
+    model = build_model(cfg).eval()
+    images = model.preprocess_image([{"image": torch.zeros(3, 100, 150)}, {"image": torch.zeros(3, 120, 90)}])
+    assert images.tensor.shape[-2:] == (192, 192) and images.image_sizes == [(100, 150), (120, 90)]
+    with pytest.raises(ValueError, match="SQUARE_SIZE"):
+        model.preprocess_image([{"image": torch.zeros(3, 100, 200)}])
+
+
+def test_bad_config_values_are_named():
+    cfg = _d0_cfg("efficientdet_d0")
+    cfg.MODEL.EFFICIENTDET.IN_FEATURES = ["p2", "p3"]
+    with pytest.raises(ValueError, match=r"MODEL.EFFICIENTDET.IN_FEATURES=.*'p2'"):
+        build_model(cfg)
+    cfg = _d0_cfg("efficientdet_d0")
+    cfg.MODEL.EFFICIENTDET.NORM = "batchnorm"
+    with pytest.raises(ValueError, match="MODEL.EFFICIENTDET.NORM='batchnorm'"):
+        build_model(cfg)
+
+
+
+def test_comparison_tool_runs(tmp_path):
+    """tools/efficientdet_race.py at a smoke size: the size table (parameters) and one race
+    round write their tables; parameters equal effdet's. No time is asserted."""
+    common = ["--config-root", str(ROOT / "configs"), "--output-dir", str(tmp_path)]
+    for args in (["size", "--variants", "D0", "--no-flops"],
+                 ["race", "--variants", "D0", "--size", "256", "--batch-sizes", "1", "--threads", "1",
+                  "--repeats", "1", "--warmup", "0"]):
+        done = subprocess.run([sys.executable, str(ROOT / "tools" / "efficientdet_race.py"), *args, *common],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (row,) = read_rows(tmp_path / "size.csv")
+    assert float(row["params_ratio"]) == 1.0 and abs(float(row["params_M"]) - 3.88) < 0.01
+    rows = read_rows(tmp_path / "race.csv")
+    assert [r["phase"] for r in rows] == ["inference", "training step"]
+    assert all(float(r["ours / effdet best"]) > 0 for r in rows)
+    assert float(rows[0]["output difference (relative)"]) < 1e-4
+    assert (tmp_path / "race.md").read_text().startswith("| variant |") and (tmp_path / "size.csv").is_file()
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
