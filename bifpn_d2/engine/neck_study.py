@@ -68,63 +68,37 @@ def _bifpn(name: str, group: str, question: str, base: Dict[str, str], **changes
     return Arm(name, group, question, BIFPN_CONFIG, overrides)
 
 
-ARMS: List[Arm] = [
-    Arm("fpn", "reference", "Detectron2's FPN: P6/P7 convs from C5, sum fusion, GN, width 128", FPN_CONFIG),
-    _bifpn("bifpn_before", "reference", "the main job's BiFPN before the study", BIFPN_BEFORE),
-    _bifpn(
-        "top_p6p7_c5",
-        "top block",
-        "learned strided 3x3 P6/P7 from C5 instead of 1x1 conv + max-pool",
-        BIFPN_BEFORE,
-        TOP_BLOCK="p6p7_c5",
-    ),
-    _bifpn(
-        "dense_conv",
-        "conv",
-        "dense 3x3 after each fusion instead of separable (more GFLOPs)",
-        BIFPN_BEFORE,
-        SEPARABLE_CONV="False",
-    ),
-    _bifpn(
-        "cells6",
-        "cells x width",
-        "6 cells of width 128 (GFLOPs still below the FPN)",
-        BIFPN_BEFORE,
-        NUM_CELLS="6",
-    ),
-    _bifpn(
-        "w96_dense_cells3",
-        "cells x width",
-        "width 96 with 3 dense cells (GFLOPs below the FPN)",
-        BIFPN_BEFORE,
-        OUT_CHANNELS="96",
-        SEPARABLE_CONV="False",
-    ),
-    _bifpn(
-        "norm_bn",
-        "norm",
-        "BN (EfficientDet's, momentum 0.01) in the cells instead of GN",
-        BIFPN_BEFORE,
-        NORM="BN",
-    ),
-    _bifpn("norm_none", "norm", "no norm in the cells", BIFPN_BEFORE, NORM=""),
-    _bifpn(
-        "fusion_softmax",
-        "fusion",
-        "softmax fusion instead of fast normalized",
-        BIFPN_BEFORE,
-        FUSE_TYPE="softmax",
-    ),
-    _bifpn("fusion_sum", "fusion", "plain sum fusion", BIFPN_BEFORE, FUSE_TYPE="sum"),
-    _bifpn("graph_panet", "graph", "PANet cells (no same-level skip edges)", BIFPN_BEFORE, GRAPH="panet"),
-    _bifpn(
-        "init_c2_xavier",
-        "init",
-        "cell convs initialised as Detectron2's FPN (variance 1/fan-in)",
-        BIFPN_BEFORE,
-        CONV_INIT="c2_xavier",
-    ),
+# (name, group, what it tests, changes to BIFPN_BEFORE)
+_BIFPN_ARMS = [
+    ("bifpn_before", "reference", "the main job's BiFPN before the study", {}),
+    ("top_p6p7_c5", "top block", "learned strided 3x3 P6/P7 from C5 instead of 1x1 conv + max-pool",
+     {"TOP_BLOCK": "p6p7_c5"}),
+    ("dense_conv", "conv", "dense 3x3 after each fusion instead of separable (more GFLOPs)",
+     {"SEPARABLE_CONV": "False"}),
+    ("cells6", "cells x width", "6 cells of width 128 (GFLOPs still below the FPN)", {"NUM_CELLS": "6"}),
+    ("w96_dense_cells3", "cells x width", "width 96 with 3 dense cells (GFLOPs below the FPN)",
+     {"OUT_CHANNELS": "96", "SEPARABLE_CONV": "False"}),
+    ("norm_bn", "norm", "BN (EfficientDet's, momentum 0.01) in the cells instead of GN", {"NORM": "BN"}),
+    ("norm_none", "norm", "no norm in the cells", {"NORM": ""}),
+    ("fusion_softmax", "fusion", "softmax fusion instead of fast normalized", {"FUSE_TYPE": "softmax"}),
+    ("fusion_sum", "fusion", "plain sum fusion", {"FUSE_TYPE": "sum"}),
+    ("graph_panet", "graph", "PANet cells (no same-level skip edges)", {"GRAPH": "panet"}),
+    ("init_c2_xavier", "init", "cell convs initialised as Detectron2's FPN (variance 1/fan-in)",
+     {"CONV_INIT": "c2_xavier"}),
+    ("neck_lr_x3", "lr", "the BiFPN's parameters at 3x the base learning rate", {"LR_FACTOR": "3.0"}),
+    ("neck_lr_x0.3", "lr", "the BiFPN's parameters at 0.3x the base learning rate", {"LR_FACTOR": "0.3"}),
+    ("cells1", "depth", "1 cell instead of 3", {"NUM_CELLS": "1"}),
+    ("cells2", "depth", "2 cells instead of 3", {"NUM_CELLS": "2"}),
+    ("residual", "depth", "residual cells (an identity path, starting as the identity)",
+     {"RESIDUAL": "True"}),
+    ("residual_cells6", "depth", "6 residual cells (GFLOPs still below the FPN)",
+     {"RESIDUAL": "True", "NUM_CELLS": "6"}),
+    ("residual_top_p6p7_c5", "depth", "residual cells and learned P6/P7 from C5",
+     {"RESIDUAL": "True", "TOP_BLOCK": "p6p7_c5"}),
 ]
+ARMS: List[Arm] = [
+    Arm("fpn", "reference", "Detectron2's FPN: P6/P7 convs from C5, sum fusion, GN, width 128", FPN_CONFIG)
+] + [_bifpn(name, group, question, BIFPN_BEFORE, **changes) for name, group, question, changes in _BIFPN_ARMS]
 GROUPS = sorted({arm.group for arm in ARMS})
 
 
