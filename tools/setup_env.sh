@@ -74,8 +74,9 @@ if ! "$PY" -c "import detectron2" 2>/dev/null; then
   # its pure-Python code exists as a wheel tagged for CPython 3.10; on other versions its
   # compiled extension simply does not load and detectron2 falls back to pure PyTorch ops
   # (nothing RetinaNet, Faster R-CNN or Mask R-CNN needs is missing). `installer` does not
-  # check the tag, nor install dependencies: they are listed here (its metadata also asks
-  # for numpy<2, which its code does not need: the tests pass with numpy 2).
+  # check the tag, nor install dependencies: they are listed here. Its metadata also asks
+  # for numpy<2, which its code does not need (the test suite passes with numpy 2, which
+  # OpenCV 5 requires); pip may point out that mismatch, harmlessly.
   say "installing detectron2 (redistributed wheel) and its dependencies"
   pip_install Pillow matplotlib pycocotools termcolor yacs tabulate cloudpickle tqdm \
     tensorboard "omegaconf>=2.1,<2.4" hydra-core black packaging fvcore iopath installer
