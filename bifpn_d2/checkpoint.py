@@ -3,17 +3,33 @@
 Nothing here downloads: pretrained weights must already be on disk.
 """
 import os
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
-__all__ = ["HEAD_PREFIXES", "read_state_dict", "load_backbone_weights"]
+__all__ = ["HEAD_PREFIXES", "read_state_dict", "timm_pretrained_kwargs", "unreadable"]
 
 # Keys under which training frameworks nest the weights (timm, Detectron2, effdet, ...).
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 # Classification-head parameters of a timm EfficientNet, unused by a detection backbone.
 HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist (nothing is downloaded)")
+
+
+def unreadable(path: str, error: Exception) -> ValueError:
+    """The error for a weight file that torch or safetensors failed to read with ``error``.
+    Not torch's own text: it spans many lines and suggests ``weights_only=False``, which
+    would run arbitrary code from an unknown file."""
+    return ValueError(
+        f"weight file {path!r} is not a readable checkpoint ({type(error).__name__}): it is truncated, "
+        "corrupt, not a PyTorch/safetensors file, or holds objects other than tensors (which are "
+        "not loaded, for safety)"
+    )
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -26,8 +42,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a readable checkpoint (truncated, corrupt, wrong format).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file {path!r} does not exist (nothing is downloaded)")
+    _check_exists(path)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -36,13 +51,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt archives
-        # Not torch's own text: it spans many lines and suggests weights_only=False, which
-        # would run arbitrary code from an unknown file.
-        raise ValueError(
-            f"weight file {path!r} is not a readable checkpoint ({type(e).__name__}): it is truncated, "
-            "corrupt, not a PyTorch/safetensors file, or holds objects other than tensors (which are "
-            "not loaded, for safety)"
-        ) from None
+        raise unreadable(path, e) from None
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -52,15 +61,35 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def load_backbone_weights(model: nn.Module, path: str) -> None:
-    """Load ImageNet weights into a timm feature extractor, ignoring the classifier head.
+def timm_pretrained_kwargs(path: str) -> Dict[str, Any]:
+    """Keyword arguments for ``timm.create_model`` that load ImageNet weights from the local
+    file ``path`` through timm's own mechanism: ``pretrained=True`` with
+    ``pretrained_cfg_overlay=dict(file=path)`` (timm reads ``.pth``/``.safetensors`` files and
+    its training checkpoints, preferring ``state_dict_ema`` to ``state_dict``, and removes
+    ``module.`` prefixes), plus a filter that drops the classifier head (``conv_head``,
+    ``bn2``, ``classifier``; present or not) and checks the rest strictly, because timm
+    loads a feature extractor's weights non-strictly and would only log what is missing.
 
-    Raises:
-        ValueError: keys the model needs are missing, or shapes differ (e.g. weights of
-            another EfficientNet size); the message lists them.
+    Raises (from ``timm.create_model`` with these arguments):
+        FileNotFoundError: no file at ``path`` (here, before timm is called).
+        ValueError: the file is unreadable, holds more than tensors, or does not match the
+            model (missing or unexpected keys, other shapes); the message lists them.
     """
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(HEAD_PREFIXES)}
-    own = model.state_dict()
+    _check_exists(path)
+
+    def check_keys(state: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"weight file {path!r} does not hold a state dict of tensors")
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+        _raise_on_mismatch(path, model.state_dict(), state)
+        return state
+
+    return dict(pretrained=True, pretrained_cfg_overlay=dict(file=path), pretrained_filter_fn=check_keys)
+
+
+def _raise_on_mismatch(path: str, own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> None:
+    """A ``ValueError`` listing the keys of ``own`` missing from ``state``, the keys of
+    ``state`` the model does not have, and the shapes that differ (none: returns)."""
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     mismatched = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
@@ -72,4 +101,3 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
             f"weight file {path!r} does not match the model: missing keys {head(missing)}, "
             f"unexpected keys {head(unexpected)}, shape mismatches {head(mismatched)}"
         )
-    model.load_state_dict(state)

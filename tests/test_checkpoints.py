@@ -1,4 +1,5 @@
-"""Checkpoints: exact save/load round trips, and the weight conversion of
+"""Checkpoints: exact save/load round trips, EfficientNet ImageNet weights loaded through
+timm from the files timm users have, and the weight conversion of
 :mod:`bifpn_d2.convert` (and its command line, tools/convert_weights.py) on timm,
 torchvision and effdet checkpoints that the tests create (random weights)."""
 import os
@@ -17,7 +18,7 @@ from effdet import create_model
 
 from bifpn_d2.convert import convert_effdet_file, convert_efficientnet_file
 from bifpn_d2.export import raw_inference
-from bifpn_d2.modeling import build_efficientnet_backbone
+from bifpn_d2.modeling import EfficientNetBackbone, build_efficientnet_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUND_TRIP = ["build_retinanet_resnet_bifpn_backbone", "build_resnet_weighted_fpn_backbone"]
@@ -83,6 +84,52 @@ def _our_efficientnet(weights: str):
     cfg = tiny_cfg("build_efficientnet_backbone")
     cfg.MODEL.EFFICIENTNET.WEIGHTS = weights
     return build_efficientnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+
+
+def _timm_weight_files(directory, state):
+    """The formats timm users have: a .pth state dict with the classifier, a .safetensors
+    one without it, and a timm training checkpoint (``module.`` prefixes, ``args`` as an
+    ``argparse.Namespace``, an EMA copy, which timm prefers)."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    body = {k: v for k, v in state.items() if not k.startswith(("conv_head.", "bn2.", "classifier."))}
+    torch.save(state, directory / "b0.pth")
+    save_file({k: v.contiguous() for k, v in body.items()}, str(directory / "b0.safetensors"))
+    stale = {f"module.{k}": torch.zeros_like(v) for k, v in state.items()}
+    ema = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"epoch": 3, "arch": "efficientnet_b0", "state_dict": stale, "state_dict_ema": ema,
+                "args": argparse.Namespace(lr=0.1)}, directory / "b0.pth.tar")
+    return ["b0.pth", "b0.safetensors", "b0.pth.tar"]
+
+
+def test_efficientnet_weights_through_timm(tmp_path):
+    """MODEL.EFFICIENTNET.WEIGHTS loads through timm's pretrained mechanism (the file as the
+    pretrained source), in every format, also when only the first stages are built; another
+    size's weights are refused with the keys listed."""
+    torch.manual_seed(0)
+    source = timm.create_model("efficientnet_b0", pretrained=False).eval()
+    _randomize_norms(source)
+    expected = source.state_dict()
+    for name in _timm_weight_files(tmp_path, expected):
+        path = str(tmp_path / name)
+        ours = _our_efficientnet(path).body
+        assert ours.pretrained_cfg["file"] == path  # timm's own loading, from the file
+        assert all(torch.equal(v, expected[k]) for k, v in ours.state_dict().items()), name
+
+    # Only the stages up to c3 are kept (after loading every block's weights).
+    body = EfficientNetBackbone("efficientnet_b0", ["c2", "c3"], weights=str(tmp_path / "b0.safetensors"))
+    body = body.body
+    assert len(body.blocks) == 3
+    assert torch.equal(body.blocks[2][0].conv_pw.weight, expected["blocks.2.0.conv_pw.weight"])
+
+    cfg = tiny_cfg("build_efficientnet_backbone")
+    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet_b2"
+    cfg.MODEL.EFFICIENTNET.WEIGHTS = str(tmp_path / "b0.pth")
+    expected_error = r"MODEL.EFFICIENTNET.WEIGHTS=.*b0.pth.*missing keys \d+ .*shape mismatches [1-9]"
+    with pytest.raises(ValueError, match=expected_error):
+        build_efficientnet_backbone(cfg, ShapeSpec(channels=3))
 
 
 def test_convert_timm_efficientnet(tmp_path):

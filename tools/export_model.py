@@ -18,14 +18,13 @@ models return flat tensors, whose schema is logged; scripted ones a dict per ima
 """
 import argparse
 import logging
-import sys
 from typing import List, Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from bifpn_d2.engine import ConfigError, load_config
+from bifpn_d2.engine import exit_on_config_error, load_config
 from bifpn_d2.export import export_and_verify, sample_image
 
 logger = logging.getLogger("bifpn_d2.export_model")
@@ -66,8 +65,4 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"export_model.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_config_error(main)

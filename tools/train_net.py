@@ -22,8 +22,15 @@ interrupted save never leaves a truncated file. A fresh training (neither ``--re
 (or the environment variable ``BIFPN_D2_OVERWRITE=1``) starts afresh there anyway, replacing
 its ``metrics.json`` and each checkpoint as the new run saves one.
 
-Mistakes in the command line, the config or the output directory end the program with a
-one-line ``error:`` message and exit status 2 instead of a traceback.
+Evaluators are chosen from each test dataset's ``evaluator_type`` as Detectron2's own
+``train_net.py`` chooses them (COCO, LVIS, Pascal VOC, Cityscapes, panoptic, semantic);
+``TEST.AUG.ENABLED True`` adds an evaluation with test-time augmentation (R-CNN models).
+``--config-file`` takes a path or the name of a shipped config
+(``synthetic/RetinaNet-R18-BiFPN.yaml``, see ``bifpn_d2.model_zoo``).
+
+Mistakes in the command line, the config, the test datasets' evaluators or the output
+directory end the program, before training starts, with a one-line ``error:`` message and
+exit status 2 instead of a traceback.
 """
 
 from collections import OrderedDict
@@ -64,7 +71,7 @@ def main(args) -> Optional[OrderedDict]:
         AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
+        return Trainer.evaluate(cfg, model)
     if comm.is_main_process() and wants_overwrite(args) and not args.resume:
         forget_previous_run(cfg.OUTPUT_DIR)
     trainer = Trainer(cfg)

@@ -5,6 +5,7 @@ reported as one sentence that names the key and where it was set."""
 import difflib
 import os
 import re
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
@@ -13,9 +14,10 @@ from detectron2.config import CfgNode, LazyConfig, get_cfg
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .. import model_zoo
 from ..config import add_bifpn_config
 
-__all__ = ["ConfigError", "build_checked_model", "load_config", "load_lazy_config"]
+__all__ = ["ConfigError", "build_checked_model", "load_config", "load_lazy_config", "resolve_config_file"]
 
 
 class ConfigError(Exception):
@@ -54,8 +56,29 @@ def _explain_merge_error(error: Exception, cfg: CfgNode, where: str) -> str:
     return f"invalid config {where}: {message}"
 
 
+def resolve_config_file(config_file: str) -> str:
+    """``config_file`` if it is a file; else the shipped config of that name
+    (:func:`bifpn_d2.model_zoo.get_config_file`), also when written as in the repository
+    (``configs/synthetic/RetinaNet-R18-BiFPN.yaml``), so that an installed package runs the
+    README's commands from any directory.
+
+    Raises:
+        ConfigError: empty, or neither a file nor a shipped config.
+    """
+    if not config_file:
+        raise ConfigError("--config-file is required")
+    if os.path.isfile(config_file):
+        return config_file
+    name = Path(config_file).as_posix()
+    try:
+        return model_zoo.get_config_file(name[len("configs/"):] if name.startswith("configs/") else name)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {config_file!r} does not exist, and {e}") from None
+
+
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """Detectron2's defaults + :func:`~bifpn_d2.add_bifpn_config` + ``config_file`` + ``opts``
+    """Detectron2's defaults + :func:`~bifpn_d2.add_bifpn_config` + ``config_file`` (a path
+    or a shipped config's name, see :func:`resolve_config_file`) + ``opts``
     (``["KEY", "VALUE", ...]``). Not frozen.
 
     Raises:
@@ -63,10 +86,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
             the message names the key and where it came from.
     """
     cfg = add_bifpn_config(get_cfg())
-    if not config_file:
-        raise ConfigError("--config-file is required")
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"config file {config_file!r} does not exist")
+    config_file = resolve_config_file(config_file)
     try:
         cfg.merge_from_file(config_file)
     except (KeyError, AssertionError, ValueError, yaml.YAMLError) as e:
@@ -121,10 +141,7 @@ def load_lazy_config(config_file: str, overrides: List[str]) -> DictConfig:
     Raises:
         ConfigError: missing or broken file, unknown key, malformed override.
     """
-    if not config_file:
-        raise ConfigError("--config-file is required")
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"config file {config_file!r} does not exist")
+    config_file = resolve_config_file(config_file)
     try:
         cfg = LazyConfig.load(config_file)
     except (SyntaxError, ImportError, KeyError, ValueError, OmegaConfBaseException) as e:

@@ -4,16 +4,28 @@ that run before any worker starts, and the launch (one process per GPU and machi
 import argparse
 import os
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, launch
 
 from .config import ConfigError, build_checked_model, load_config, load_lazy_config
+from .evaluation import check_evaluation
 from .output_dir import LAST_CHECKPOINT, OVERWRITE_ENV, check_output_dir, checkpoints_in
 
-__all__ = ["build_parser", "check_weights", "lazy_preflight", "preflight", "run_cli", "wants_overwrite"]
+__all__ = [
+    "build_parser",
+    "check_weights",
+    "exit_on_config_error",
+    "lazy_preflight",
+    "preflight",
+    "run_cli",
+    "script_parser",
+    "wants_overwrite",
+]
+
+T = TypeVar("T")
 
 
 def build_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -25,6 +37,18 @@ def build_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
         action="store_true",
         help=f"start a fresh training even if OUTPUT_DIR holds checkpoints (same as {OVERWRITE_ENV}=1)",
     )
+    return parser
+
+
+def script_parser(doc: str, opts: str = "opts") -> argparse.ArgumentParser:
+    """The parser of a script that reads one config: description and ``--help`` text from
+    the script's docstring ``doc``, ``--config-file``, and the trailing ``KEY VALUE``
+    overrides as ``opts`` (Detectron2's tools) or ``--opts`` (Detectron2's demo)."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], epilog=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file, or shipped name")
+    parser.add_argument(opts, default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
 
@@ -52,10 +76,12 @@ def check_weights(cfg: CfgNode, args) -> None:
 
 def preflight(args) -> CfgNode:
     """Everything that can be checked before any worker starts: config, model (built once
-    on the CPU), output directory, weights. Runs in the launching process so that mistakes
-    surface as one message."""
+    on the CPU), evaluators of the test datasets and test-time augmentation, output
+    directory, weights. Runs in the launching process so that mistakes surface as one
+    message."""
     cfg = load_config(args.config_file, args.opts)
-    build_checked_model(cfg, device="cpu")  # every value the builders check, before any worker
+    model = build_checked_model(cfg, device="cpu")  # every value the builders check, before any worker
+    check_evaluation(cfg, model, args.num_machines)  # not after hours of training
     fresh = not (args.resume or args.eval_only)
     check_output_dir(cfg.OUTPUT_DIR, fresh_training=fresh, overwrite=wants_overwrite(args))
     check_weights(cfg, args)
@@ -72,7 +98,8 @@ def run_cli(
     error and exit status 2 on a :class:`ConfigError`), then run ``main_fn(args)`` on every
     process of the job (Detectron2's ``launch``). ``epilog`` ends the ``--help`` text."""
     args = build_parser(epilog).parse_args(argv)
-    try:
+
+    def check_and_launch() -> None:
         preflight_fn(args)
         launch(
             main_fn,
@@ -82,6 +109,15 @@ def run_cli(
             dist_url=args.dist_url,
             args=(args,),
         )
+
+    exit_on_config_error(check_and_launch)
+
+
+def exit_on_config_error(fn: Callable[[], T]) -> T:
+    """``fn()``; a :class:`ConfigError` ends the program with a one-line ``<script>: error:
+    ...`` message and exit status 2, as argparse reports a bad command line."""
+    try:
+        return fn()
     except ConfigError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         sys.exit(2)

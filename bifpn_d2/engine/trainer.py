@@ -1,5 +1,6 @@
 """Detectron2's default trainer with atomic checkpoints, evaluators chosen from the dataset
-metadata, fusion-weight logging and a log period suited to short runs."""
+metadata as Detectron2's train_net chooses them, test-time augmentation, fusion-weight
+logging and a log period suited to short runs."""
 
 import logging
 import os
@@ -9,16 +10,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
-from ..data import ensure_generated
 from .checkpointer import AtomicCheckpointer
-from .config import ConfigError, build_checked_model
+from .config import build_checked_model
+from .evaluation import build_evaluator
 from .hooks import FusionWeightLogger
 
 __all__ = ["Trainer", "log_period", "neck_lr_factor"]
@@ -43,9 +44,9 @@ def log_period(max_iter: int) -> int:
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's default training loop with: atomic checkpoints, COCO / semantic
-    segmentation evaluators chosen from the dataset metadata (generating the synthetic
-    datasets first), and a log period suited to short runs."""
+    """Detectron2's default training loop with: atomic checkpoints, evaluators chosen from
+    the dataset metadata (:mod:`bifpn_d2.engine.evaluation`), test-time augmentation after
+    training when ``TEST.AUG.ENABLED``, and a log period suited to short runs."""
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -80,18 +81,32 @@ class Trainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
-        """COCO evaluation for detection datasets, mIoU for semantic segmentation ones."""
-        ensure_generated(dataset_name)  # COCOEvaluator reads the json file directly
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "")
-        if evaluator_type in ("coco", "coco_panoptic_seg"):
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
-        if evaluator_type == "sem_seg":
-            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-        raise ConfigError(
-            f"no evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
-            "DATASETS.TEST must name COCO-style detection or semantic segmentation datasets"
-        )
+        """The evaluator Detectron2's train_net would choose for the dataset's
+        ``evaluator_type`` (:func:`bifpn_d2.engine.evaluation.build_evaluator`)."""
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:
+        """Evaluate ``model`` wrapped in Detectron2's ``GeneralizedRCNNWithTTA`` (the
+        ``TEST.AUG`` sizes and flip); results under ``"<task>_TTA"`` keys, files under
+        ``OUTPUT_DIR/inference_TTA/<dataset>``."""
+        logging.getLogger("detectron2").info("Running inference with test-time augmentation ...")
+        tta_model = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((f"{task}_TTA", value) for task, value in results.items())
+
+    @classmethod
+    def evaluate(cls, cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:
+        """Evaluate on ``cfg.DATASETS.TEST``, and again with test-time augmentation when
+        ``TEST.AUG.ENABLED``."""
+        results = cls.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(cls.test_with_TTA(cfg, model))
+        return results
 
     def build_hooks(self) -> List[hooks.HookBase]:
         """Timer, LR schedule, optional precise BN, atomic periodic checkpoints, evaluation
@@ -122,7 +137,14 @@ class Trainer(DefaultTrainer):
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 
+        def test_with_tta_and_save_results() -> Dict[str, Any]:
+            tta_results = self.test_with_TTA(self.cfg, self.model)
+            self._last_eval_results = OrderedDict(self._last_eval_results or {}, **tta_results)
+            return tta_results
+
         result.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if cfg.TEST.AUG.ENABLED:  # after training, as Detectron2's train_net registers it
+            result.append(hooks.EvalHook(0, test_with_tta_and_save_results))
         result.append(FusionWeightLogger(log_period(self.max_iter)))
         if comm.is_main_process():  # last, so that the evaluation results get written too
             result.append(hooks.PeriodicWriter(self.build_writers(), period=log_period(self.max_iter)))

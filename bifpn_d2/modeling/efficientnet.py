@@ -5,7 +5,7 @@ hard-coded tables: output ``c{l}`` is the last block at stride ``2**l`` (``c1``.
 the "C" maps of the FPN paper).
 """
 from collections.abc import Sequence
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import timm
 import torch
@@ -13,7 +13,7 @@ from detectron2.modeling.backbone import Backbone
 from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import nn
 
-from ..checkpoint import load_backbone_weights
+from ..checkpoint import timm_pretrained_kwargs, unreadable
 
 __all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "FEATURE_NAMES", "EfficientNetBackbone"]
 
@@ -46,9 +46,10 @@ class EfficientNetBackbone(Backbone):
                 freezes up to ``c2``), turning their norms into frozen ones.
             norm: ``BN``, ``FrozenBN`` (all norms frozen) or ``SyncBN``.
             drop_path_rate: stochastic depth rate (EfficientDet trains with 0.2).
-            weights: local file with ImageNet weights (a timm/torchvision-style state dict,
-                classifier keys are ignored); "" keeps the random init. Nothing is
-                downloaded.
+            weights: local file with ImageNet weights, loaded by timm (``.pth`` or
+                ``.safetensors`` state dict, or a timm training checkpoint; classifier keys
+                are ignored, any other missing or unexpected key is an error); "" keeps
+                the random init. Nothing is downloaded.
         """
         super().__init__()
         if model_name not in EFFICIENTNET_NAMES:
@@ -63,15 +64,8 @@ class EfficientNetBackbone(Backbone):
         out_features = sorted(set(out_features), key=FEATURE_NAMES.index)
         if freeze_at < 0 or freeze_at > len(FEATURE_NAMES):
             raise ValueError(f"freeze_at={freeze_at} must be within 0..{len(FEATURE_NAMES)}")
-        body = timm.create_model(
-            model_name,
-            pretrained=False,
-            features_only=True,
-            out_indices=[FEATURE_NAMES.index(f) for f in out_features],
-            drop_path_rate=drop_path_rate,
-        )
-        if weights:
-            load_backbone_weights(body, weights)
+        out_indices = [FEATURE_NAMES.index(f) for f in out_features]
+        body = _create_body(model_name, out_indices, drop_path_rate, weights)
         stages = body.feature_info.info  # every stage, whether returned or not
         # Blocks after the last returned stage would run for nothing: drop them.
         last_block = int(stages[FEATURE_NAMES.index(out_features[-1])]["module"].split(".")[1])
@@ -96,6 +90,32 @@ class EfficientNetBackbone(Backbone):
         for name, feature in zip(self._out_features, self.body(x)):
             outputs[name] = feature
         return outputs
+
+
+def _create_body(model_name: str, out_indices: List[int], drop_path_rate: float, weights: str) -> nn.Module:
+    """timm's feature extractor, with the weights of the local file ``weights`` if given
+    (timm's ``pretrained=True`` with the file as its source: see
+    :func:`~bifpn_d2.checkpoint.timm_pretrained_kwargs`).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+        ValueError: ``weights`` is unreadable or does not match the model.
+    """
+    pretrained = timm_pretrained_kwargs(weights) if weights else {}
+    try:
+        return timm.create_model(
+            model_name,
+            features_only=True,
+            out_indices=out_indices,
+            drop_path_rate=drop_path_rate,
+            **pretrained,
+        )
+    except ValueError:  # our key check, or timm's own reading of a bad file
+        raise
+    except Exception as e:  # torch and safetensors raise many types for a corrupt file
+        if not weights:
+            raise
+        raise unreadable(weights, e) from None
 
 
 def _freeze_up_to(body: nn.Module, last_frozen: str) -> None:

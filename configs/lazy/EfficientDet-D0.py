@@ -31,4 +31,4 @@ dataloader = coco_dataloader(
 )
 optimizer = sgd(lr=0.01)
 lr_multiplier = schedule_1x()
-train = train_options()
+train = train_options(output_dir="output/lazy/EfficientDet-D0")

@@ -27,5 +27,5 @@ model = retinanet(
 dataloader = coco_dataloader()
 optimizer = sgd(lr=0.01)
 lr_multiplier = schedule_1x()
-train = train_options()
+train = train_options(output_dir="output/lazy/RetinaNet-R50-BiFPN_1x")
 train["init_checkpoint"] = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"

@@ -183,10 +183,11 @@ def schedule_1x():
     )
 
 
-def train_options(max_iter: int = 90000):
-    """Options read by ``tools/lazy_train_net.py``."""
+def train_options(output_dir: str, max_iter: int = 90000):
+    """Options read by ``tools/lazy_train_net.py``; ``output_dir`` differs per config, so
+    that two configs trained one after the other do not collide."""
     return dict(
-        output_dir="./output",
+        output_dir=output_dir,
         init_checkpoint="",
         max_iter=max_iter,
         amp=dict(enabled=False),
