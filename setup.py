@@ -62,6 +62,9 @@ setup(
         "timm>=0.9",
         "matplotlib",
         "pycocotools",
+        # detectron2.model_zoo (Detectron2's own configs, used for switching and LazyConfig)
+        # imports pkg_resources, which setuptools 81 and later no longer ship.
+        "setuptools<81",
     ],
     extras_require=EXTRAS,
 )

@@ -66,7 +66,7 @@ if ! "$PY" -c "import pkg_resources, wheel" 2>/dev/null; then
 fi
 if ! "$PY" -c "import torch, torchvision; from torchvision.ops import nms; import torch as t; nms(t.zeros(1,4), t.zeros(1), 0.5)" 2>/dev/null; then
   say "installing torch and torchvision"
-  pip_install torch torchvision
+  pip_install torch torchvision "setuptools<81"  # torch wants >=77.0.3: both hold for 80.x
 fi
 
 if ! "$PY" -c "import detectron2" 2>/dev/null; then
