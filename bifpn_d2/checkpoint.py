@@ -2,13 +2,16 @@
 
 Nothing here downloads: pretrained weights must already be on disk.
 """
+import io
 import os
-from typing import Dict
+import pickle
+import pickletools
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
-__all__ = ["HEAD_PREFIXES", "read_state_dict", "load_backbone_weights"]
+__all__ = ["HEAD_PREFIXES", "check_detectron2_checkpoint", "read_state_dict", "load_backbone_weights"]
 
 # Keys under which training frameworks nest the weights (timm, Detectron2, effdet, ...).
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -28,21 +31,18 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file {path!r} does not exist (nothing is downloaded)")
-    try:
-        if path.endswith(".safetensors"):
+    if path.endswith(".safetensors"):
+        try:
             from safetensors.torch import load_file
 
             state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt archives
-        # Not torch's own text: it spans many lines and suggests weights_only=False, which
-        # would run arbitrary code from an unknown file.
-        raise ValueError(
-            f"weight file {path!r} is not a readable checkpoint ({type(e).__name__}): it is truncated, "
-            "corrupt, not a PyTorch/safetensors file, or holds objects other than tensors (which are "
-            "not loaded, for safety)"
-        ) from None
+        except Exception as e:
+            raise _unreadable(path, e) from None
+    else:
+        try:
+            state = _torch_load(path)
+        except Exception as e:  # torch raises many types for corrupt archives
+            raise _unreadable(path, e) from None
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -50,6 +50,79 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weight file {path!r} does not hold a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _unreadable(path: str, error: Exception, formats: str = "PyTorch/safetensors") -> ValueError:
+    # Not torch's own text: it spans many lines and suggests weights_only=False, which
+    # would run arbitrary code from an unknown file.
+    return ValueError(
+        f"weight file {path!r} is not a readable checkpoint ({type(error).__name__}): it is truncated, "
+        f"corrupt, not a {formats} file, or holds objects other than tensors (which are not loaded, "
+        "for safety)"
+    )
+
+
+def _torch_load(path: str) -> Any:
+    """``torch.load`` on the CPU, reading tensors and plain containers only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class _Refused(Exception):
+    """A pickle names a global outside :class:`_ArrayUnpickler`'s list."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers of numpy arrays, what Detectron2's model-zoo ``.pkl`` files hold,
+    and refuses every other global (so nothing in the file runs)."""
+
+    _ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def check_detectron2_checkpoint(path: str) -> None:
+    """Check, without running anything from the file, that Detectron2's
+    ``DetectionCheckpointer`` can read the local file ``path``.
+
+    ``.pkl`` (Detectron2's model zoo, Detectron / Caffe2): a pickle of numpy arrays; its
+    opcodes are parsed (a truncated or corrupt file fails), then it is read with an
+    unpickler that allows numpy arrays and nothing else. A well-formed pickle of other
+    objects cannot be read safely and is left to Detectron2. Other files (``.pth``,
+    ``.pyth``, ...): ``torch.load`` with ``weights_only=True``, as Detectron2 reads them with
+    PyTorch's default.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is truncated, corrupt, of another format, or not a dict.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist")
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            for _ in pickletools.genops(raw):  # parses the opcodes, runs nothing
+                pass
+            data = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        except _Refused:
+            return  # a well-formed pickle of other objects: for Detectron2 to judge
+        except Exception as e:
+            raise ValueError(f"weight file {path!r} is not a readable pickle ({type(e).__name__}): it is "
+                             "truncated or corrupt") from None
+    else:
+        try:
+            data = _torch_load(path)
+        except Exception as e:  # torch raises many types for corrupt archives
+            raise _unreadable(path, e, "PyTorch") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"weight file {path!r} holds a {type(data).__name__}, not a checkpoint dict")
 
 
 def load_backbone_weights(model: nn.Module, path: str) -> None:

@@ -22,8 +22,11 @@ interrupted save never leaves a truncated file. A fresh training (neither ``--re
 (or the environment variable ``BIFPN_D2_OVERWRITE=1``) starts afresh there anyway, replacing
 its ``metrics.json`` and each checkpoint as the new run saves one.
 
-Mistakes in the command line, the config or the output directory end the program with a
-one-line ``error:`` message and exit status 2 instead of a traceback.
+Mistakes in the command line, the config, the datasets (not registered, or files missing
+where ``DETECTRON2_DATASETS`` points), ``MODEL.WEIGHTS`` (missing or unreadable), the batch
+size or the output directory end the program with a one-line ``error:`` message and exit
+status 2 before anything is written into ``OUTPUT_DIR``. Without GPUs, ``--num-gpus N`` runs
+N CPU processes (gloo backend; ``SOLVER.IMS_PER_BATCH`` is split between them).
 """
 
 from collections import OrderedDict

@@ -1,6 +1,8 @@
 """Detectron2's default trainer with atomic checkpoints, evaluators chosen from the dataset
 metadata, fusion-weight logging and a log period suited to short runs."""
 
+import contextlib
+import functools
 import logging
 import os
 import weakref
@@ -11,6 +13,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
@@ -29,10 +32,31 @@ def log_period(max_iter: int) -> int:
     return max(1, min(20, max_iter // 10))
 
 
+@contextlib.contextmanager
+def _ddp_for_cpu_models():
+    """While active, Detectron2's ``create_ddp_model`` wraps models without ``device_ids``.
+
+    ``DefaultTrainer`` asks for ``device_ids=[local rank]``, which DistributedDataParallel
+    accepts for GPU modules only; a CPU model (several CPU processes over gloo, as
+    Detectron2's ``launch`` starts them without GPUs) must pass none."""
+    original = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = functools.partial(original, device_ids=None)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's default training loop with: atomic checkpoints, COCO / semantic
     segmentation evaluators chosen from the dataset metadata (generating the synthetic
-    datasets first), and a log period suited to short runs."""
+    datasets first), a log period suited to short runs, and DDP over several CPU
+    processes (``--num-gpus N`` on a machine without GPUs, gloo backend)."""
+
+    def __init__(self, cfg: CfgNode):
+        cpu_processes = cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1
+        with _ddp_for_cpu_models() if cpu_processes else contextlib.nullcontext():
+            super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
