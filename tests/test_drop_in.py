@@ -25,7 +25,7 @@ import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg, instantiate
 from detectron2.engine import SimpleTrainer
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import PanopticFPN, SemanticSegmentor, build_model
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.analysis import flop_count_operators
@@ -75,20 +75,61 @@ def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 # --- 1. Detectron2's detections, exactly, at sizes that are not multiples of 32
 
+def record_outputs(model: torch.nn.Module) -> Dict[str, object]:
+    """What the backbone and the proposal generator (if any) return, on each forward."""
+    outputs: Dict[str, object] = {}
+    for name in ("backbone", "proposal_generator"):
+        module = getattr(model, name, None)
+        if module is not None:
+            module.register_forward_hook(lambda m, i, out, name=name: outputs.update({name: out}))
+    return outputs
+
+
+def calibrate_frozen_norms(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Set every FrozenBN's statistics to those of its input on image ``x``, as a
+    data-dependent init does. With random weights and FrozenBN's identity statistics, R50
+    activations blow up: every score is 1.0 and nearly every box degenerate (1-2
+    detections, 2 proposals); calibrated, the heads give 1000 proposals and 100 detections
+    to compare."""
+
+    def set_statistics(norm: FrozenBatchNorm2d, inputs) -> None:
+        norm.running_mean.copy_(inputs[0].mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(inputs[0].var(dim=(0, 2, 3)))
+
+    hooks = [m.register_forward_pre_hook(set_statistics) for m in model.modules()
+             if isinstance(m, FrozenBatchNorm2d)]
+    with torch.no_grad():
+        model([{"image": x}])
+    for hook in hooks:
+        hook.remove()
+
+
 @pytest.mark.parametrize("name", ["retinanet", "faster_rcnn", "mask_rcnn"])
 def test_model_zoo_checkpoint_gives_detectron2_detections(name):
-    torch.manual_seed(0)
-    reference = build_model(zoo_cfg(YAML_ZOO[name])).eval()
-    cfg = zoo_cfg(YAML_ZOO[name], "weighted_fpn")
+    reference_cfg, cfg = zoo_cfg(YAML_ZOO[name]), zoo_cfg(YAML_ZOO[name], "weighted_fpn")
     cfg.MODEL.FPN.FUSE_TYPE = "sum"  # Detectron2's FPN: its checkpoints load
+    for c in (reference_cfg, cfg):  # a random head scores every anchor near its prior, 0.01 < 0.05
+        c.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
+    torch.manual_seed(0)
+    reference = build_model(reference_cfg).eval()
+    calibrate_frozen_norms(reference, image(160, 224, seed=1))
     ours = build_model(cfg).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     assert ours.backbone.padding_constraints == {"size_divisibility": reference.backbone.size_divisibility}
+    expected_inside, actual_inside = record_outputs(reference), record_outputs(ours)
     for height, width in PARITY_SIZES:
         x = [{"image": image(height, width, seed=height)}]
         with torch.no_grad():
             expected, actual = reference(x)[0]["instances"], ours(x)[0]["instances"]
-        assert len(actual) == len(expected) > 0, (height, width)
+        # Every pyramid level, and for R-CNN the 1000 proposals, are Detectron2's too.
+        for level, feature in expected_inside["backbone"].items():
+            torch.testing.assert_close(actual_inside["backbone"][level], feature, rtol=0, atol=0)
+        if "proposal_generator" in expected_inside:
+            (want,), (got,) = expected_inside["proposal_generator"][0], actual_inside["proposal_generator"][0]
+            assert len(got) == len(want) > 0
+            assert torch.equal(got.proposal_boxes.tensor, want.proposal_boxes.tensor)
+            assert torch.equal(got.objectness_logits, want.objectness_logits)
+        assert len(actual) == len(expected) == cfg.TEST.DETECTIONS_PER_IMAGE, (height, width)
         assert torch.equal(actual.pred_classes, expected.pred_classes)
         torch.testing.assert_close(actual.scores, expected.scores, rtol=0, atol=0)
         torch.testing.assert_close(actual.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=0)
