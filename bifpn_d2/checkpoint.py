@@ -2,13 +2,22 @@
 
 Nothing here downloads: pretrained weights must already be on disk.
 """
+import io
 import os
+import pickle
+import pickletools
 from typing import Any, Dict
 
 import torch
 from torch import nn
 
-__all__ = ["HEAD_PREFIXES", "read_state_dict", "timm_pretrained_kwargs", "unreadable"]
+__all__ = [
+    "HEAD_PREFIXES",
+    "check_detectron2_checkpoint",
+    "read_state_dict",
+    "timm_pretrained_kwargs",
+    "unreadable",
+]
 
 # Keys under which training frameworks nest the weights (timm, Detectron2, effdet, ...).
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -59,6 +68,63 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weight file {path!r} does not hold a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+class _Refused(Exception):
+    """A pickle names a global outside :class:`_ArrayUnpickler`'s list."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers of numpy arrays, what Detectron2's model-zoo ``.pkl`` files hold,
+    and refuses every other global (so nothing in the file runs)."""
+
+    _ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def check_detectron2_checkpoint(path: str) -> None:
+    """Check, without running anything from the file, that Detectron2's
+    ``DetectionCheckpointer`` can read the local file ``path``.
+
+    ``.pkl`` (Detectron2's model zoo, Detectron / Caffe2): a pickle of numpy arrays; its
+    opcodes are parsed (a truncated or corrupt file fails), then it is read with an
+    unpickler that allows numpy arrays and nothing else. A well-formed pickle of other
+    objects cannot be read safely and is left to Detectron2. Other files (``.pth``,
+    ``.pyth``, ...): ``torch.load`` with ``weights_only=True``, as Detectron2 reads them with
+    PyTorch's default.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is truncated, corrupt, of another format, or not a dict.
+    """
+    _check_exists(path)
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            for _ in pickletools.genops(raw):  # parses the opcodes, runs nothing
+                pass
+            data = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        except _Refused:
+            return  # a well-formed pickle of other objects: for Detectron2 to judge
+        except Exception as e:
+            raise ValueError(f"weight file {path!r} is not a readable pickle ({type(e).__name__}): it is "
+                             "truncated or corrupt") from None
+    else:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for corrupt archives
+            raise unreadable(path, e) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"weight file {path!r} holds a {type(data).__name__}, not a checkpoint dict")
 
 
 def timm_pretrained_kwargs(path: str) -> Dict[str, Any]:

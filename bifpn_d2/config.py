@@ -6,8 +6,10 @@ Call :func:`add_bifpn_config` on a Detectron2 config before ``merge_from_file``:
     add_bifpn_config(cfg)
     cfg.merge_from_file("configs/RetinaNet-R50-BiFPN.yaml")
 
-Every new key has a default that works with Detectron2's own RetinaNet and Faster R-CNN
-configs, so switching neck takes only ``MODEL.BACKBONE.NAME``.
+Every new key has a default that works with Detectron2's own configs of every FPN
+meta-architecture (RetinaNet, Faster / Mask / Cascade / Keypoint R-CNN, Panoptic FPN,
+semantic FPN), so switching neck takes only ``MODEL.BACKBONE.NAME``: the BiFPN then takes
+the width of ``MODEL.FPN.OUT_CHANNELS``, GN, and pads images as Detectron2's FPN does.
 """
 from collections.abc import Iterable
 from typing import Any
@@ -34,9 +36,13 @@ def add_bifpn_config(cfg: CN) -> CN:
 
     # --- MODEL.BIFPN: the BiFPN neck. It reads its inputs from MODEL.FPN.IN_FEATURES.
     cfg.MODEL.BIFPN = CN()
-    cfg.MODEL.BIFPN.OUT_CHANNELS = 160  # width W (EfficientDet: 64 * 1.35**phi, D3 = 160)
+    # Width W; 0 = MODEL.FPN.OUT_CHANNELS (256 in Detectron2's configs), the width that
+    # Detectron2's and LazyConfig heads are sized for. EfficientDet: 64 * 1.35**phi.
+    cfg.MODEL.BIFPN.OUT_CHANNELS = 0
     cfg.MODEL.BIFPN.NUM_CELLS = 6  # depth D, repeated cells (EfficientDet: 3 + phi)
-    cfg.MODEL.BIFPN.MAX_LEVEL = 0  # coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet
+    # Coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet ones, and under the
+    # SemanticSegmentor meta-architecture the last level SEM_SEG_HEAD.IN_FEATURES reads.
+    cfg.MODEL.BIFPN.MAX_LEVEL = 0
     cfg.MODEL.BIFPN.GRAPH = "bifpn"  # "bifpn" | "panet"
     # The same key and values as MODEL.FPN.FUSE_TYPE: "fast_normalized" | "softmax" |
     # "weighted" | "sum" | "avg".
@@ -44,8 +50,10 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "none"
     cfg.MODEL.BIFPN.SEPARABLE_CONV = True  # depthwise-separable 3x3 (False: dense 3x3)
     # Detectron2's norm names: "BN" | "SyncBN" | "nnSyncBN" | "naiveSyncBN" | "naiveSyncBN_N"
-    # | "FrozenBN" | "GN" | "LN" | "".
-    cfg.MODEL.BIFPN.NORM = "BN"
+    # | "FrozenBN" | "GN" | "LN" | "". GN by default: independent of the batch size (a
+    # Detectron2 R-CNN config trains 2 images per GPU, too few for BN); EfficientDet's
+    # configs set BN or SyncBN.
+    cfg.MODEL.BIFPN.NORM = "GN"
     cfg.MODEL.BIFPN.NORM_EPS = 1e-3  # EfficientDet's BN: eps 1e-3, momentum 0.01
     cfg.MODEL.BIFPN.NORM_MOMENTUM = 0.01
     cfg.MODEL.BIFPN.SAME_PADDING = False  # TF "SAME" max-pool padding, for tf_ checkpoints

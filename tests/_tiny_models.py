@@ -70,6 +70,7 @@ def tiny_cfg(builder: str = "build_retinanet_resnet_bifpn_backbone") -> CfgNode:
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.BIFPN.OUT_CHANNELS = WIDTH
     cfg.MODEL.BIFPN.NUM_CELLS = 2
+    cfg.MODEL.BIFPN.NORM = "BN"  # EfficientDet's: what the folding, DDP and checkpoint tests exercise
     cfg.MODEL.FPN.OUT_CHANNELS = WIDTH
     cfg.MODEL.FPN.FUSE_TYPE = "fast_normalized"  # learnable fusion weights in our FPN too
     retinanet = is_retinanet_builder(builder)

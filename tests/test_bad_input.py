@@ -27,11 +27,15 @@ What happens, case by case (asserted below):
   naming it; a corrupt one raises PyTorch's error (``RuntimeError``, ``UnpicklingError``,
   ``EOFError``), which does not name the file, and leaves that checkpointer unable to load
   again; a readable file with none of the model's keys loads nothing, only logging the
-  missing keys, and the model keeps its weights.
+  missing keys, and the model keeps its weights. So the command line checks the file first
+  (``check_detectron2_checkpoint``, without running anything from it) and reports one line.
 """
 import math
+import pathlib
 import pickle
+import re
 
+import numpy as np
 import pytest
 import torch
 from _tiny_models import TinyBottomUp, build_tiny_backbone, image, tiny_cfg, training_input, training_losses
@@ -42,6 +46,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+from bifpn_d2.checkpoint import check_detectron2_checkpoint
 from bifpn_d2.export import raw_inference
 from bifpn_d2.modeling import BiFPN, WeightedFPN, build_efficientnet_backbone
 
@@ -77,12 +82,15 @@ INVALID_CONFIGS = [
     (EFFDET, {"MODEL.EFFICIENTNET.NAME": "efficientnet_b9"}, "MODEL.EFFICIENTNET.NAME", "'efficientnet_b7'"),
     (EFFDET, {"MODEL.EFFICIENTNET.NORM": "GN"}, "MODEL.EFFICIENTNET.NORM", "'FrozenBN'"),
     (EFFDET, {"MODEL.BACKBONE.FREEZE_AT": 7}, "MODEL.BACKBONE.FREEZE_AT", "[0, 1, 2, 3, 4, 5]"),
-    (RETINA_BIFPN, {"MODEL.BIFPN.OUT_CHANNELS": 0}, "MODEL.BIFPN.OUT_CHANNELS", "integer >= 1"),
-    (RETINA_BIFPN, {"MODEL.BIFPN.OUT_CHANNELS": -16}, "MODEL.BIFPN.OUT_CHANNELS", "integer >= 1"),
+    (RETINA_BIFPN, {"MODEL.BIFPN.OUT_CHANNELS": -16}, "MODEL.BIFPN.OUT_CHANNELS",
+     "or 0 for MODEL.FPN.OUT_CHANNELS"),
+    (RETINA_BIFPN, {"MODEL.BIFPN.OUT_CHANNELS": 0, "MODEL.FPN.OUT_CHANNELS": 0}, "MODEL.FPN.OUT_CHANNELS",
+     "integer >= 1"),
     (RETINA_BIFPN, {"MODEL.BIFPN.NUM_CELLS": 0}, "MODEL.BIFPN.NUM_CELLS", "integer >= 1"),
     (RCNN_FPN, {"MODEL.FPN.OUT_CHANNELS": 0}, "MODEL.FPN.OUT_CHANNELS", "integer >= 1"),
     (RETINA_BIFPN, {"MODEL.FPN.SIZE_DIVISIBILITY": -32}, "MODEL.FPN.SIZE_DIVISIBILITY", "0 (no padding)"),
-    (RCNN_FPN, {"MODEL.FPN.SIZE_DIVISIBILITY": -2}, "MODEL.FPN.SIZE_DIVISIBILITY", "-1 (the stride of the last input"),
+    (RCNN_FPN, {"MODEL.FPN.SIZE_DIVISIBILITY": -2}, "MODEL.FPN.SIZE_DIVISIBILITY",
+     "-1 (the stride of the last"),
     # MAX_LEVEL that leaves fewer than 3 levels, or goes beyond P8
     (RETINA_BIFPN, {"MODEL.BIFPN.MAX_LEVEL": 4}, "MODEL.BIFPN.MAX_LEVEL", "[0, 5, 6, 7, 8]"),
     (RETINA_BIFPN, {"MODEL.BIFPN.MAX_LEVEL": 9}, "MODEL.BIFPN.MAX_LEVEL", "[0, 5, 6, 7, 8]"),
@@ -286,3 +294,38 @@ def test_bad_detectron2_weight_files(tmp_path):
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     assert DetectionCheckpointer(model).load(paths["unrelated.pth"]) == {}
     assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+
+
+class _RunsCode:
+    """Unpickling this calls ``pathlib.Path.touch``: a stand-in for code in a weight file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_detectron2_weight_files_are_checked_without_running_them(tmp_path):
+    model = build_model(tiny_cfg(RCNN_FPN))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("valid")
+    check_detectron2_checkpoint(str(tmp_path / "valid.pth"))
+    paths = _bad_weight_files(tmp_path, (tmp_path / "valid.pth").read_bytes())
+    with pytest.raises(FileNotFoundError):
+        check_detectron2_checkpoint(paths.pop("missing.pth"))
+    check_detectron2_checkpoint(paths.pop("unrelated.pth"))  # readable: Detectron2 logs missing keys
+    for path in paths.values():  # truncated, random bytes, empty
+        with pytest.raises(ValueError, match=re.escape(f"weight file '{path}' is not a readable checkpoint")):
+            check_detectron2_checkpoint(path)
+    # Model-zoo .pkl: numpy arrays are read; a truncated file is refused; a well-formed pickle
+    # of other objects is not unpickled (Detectron2 decides when it loads it).
+    zoo = tmp_path / "zoo.pkl"
+    arrays = {"conv.weight": np.ones((2, 3), np.float32)}
+    zoo.write_bytes(pickle.dumps({"model": arrays, "__author__": "model zoo"}))
+    check_detectron2_checkpoint(str(zoo))
+    (tmp_path / "cut.pkl").write_bytes(zoo.read_bytes()[:40])
+    with pytest.raises(ValueError, match="is not a readable pickle"):
+        check_detectron2_checkpoint(str(tmp_path / "cut.pkl"))
+    (tmp_path / "code.pkl").write_bytes(pickle.dumps({"model": _RunsCode(tmp_path / "ran")}))
+    check_detectron2_checkpoint(str(tmp_path / "code.pkl"))
+    assert not (tmp_path / "ran").exists()

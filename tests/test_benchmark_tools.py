@@ -50,6 +50,7 @@ MODEL:
   BIFPN:
     OUT_CHANNELS: 32
     NUM_CELLS: 2
+    NORM: "BN"  # EfficientDet's, which folding removes (the default, GN, stays)
   RETINANET:
     NUM_CLASSES: 3
     NUM_CONVS: 1

@@ -7,8 +7,8 @@ from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from bifpn_d2 import BiFPN, ConvP6P7TopBlock, EfficientNetBackbone
-from bifpn_d2.modeling.bifpn import CONV_INITS
 from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS
+from bifpn_d2.modeling.bifpn import CONV_INITS
 
 
 class ToyBottomUp(Backbone):
@@ -95,7 +95,9 @@ def test_first_cell_projects_each_edge_separately():
     """A backbone level feeding two nodes gets two 1x1 convs; later cells need none."""
     model = _train_step()
     first, second = model.cells
-    projected = [(n, k) for n, node in enumerate(first.nodes) for k, e in enumerate(node.edges) if e.conv is not None]
+    projected = [
+        (n, k) for n, node in enumerate(first.nodes) for k, e in enumerate(node.edges) if e.conv is not None
+    ]
     # c4 -> P4 top-down and P4 bottom-up, c5 -> P5 both; c3 -> P3 top-down (P3 has no bottom-up node).
     assert len(projected) == 5
     assert all(e.conv is None for node in second.nodes for e in node.edges)

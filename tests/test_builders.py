@@ -8,7 +8,6 @@ from conftest import BUILDER_NAMES, small_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-
 BIFPN_VARIANTS = [  # options that change what the BiFPN builder makes
     ("build_retinanet_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),
     ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),  # one conv level: P6
@@ -50,7 +49,8 @@ def check_builder(name, cfg):
         assert list(outputs) == expected
         for level in levels:
             stride = 2**level
-            assert outputs[f"p{level}"].shape == (batch, channels, math.ceil(height / stride), math.ceil(width / stride))
+            expected_shape = (batch, channels, math.ceil(height / stride), math.ceil(width / stride))
+            assert outputs[f"p{level}"].shape == expected_shape
         sum(o.square().mean() for o in outputs.values()).backward()
         without_grad = [n for n, p in backbone.named_parameters() if p.requires_grad and p.grad is None]
         assert not without_grad, f"parameters without gradient: {without_grad}"
@@ -67,7 +67,9 @@ def test_efficientnet_backbone_outputs():
     assert outputs["c5"].shape == (1, 320, 4, 5)
 
 
-@pytest.mark.parametrize("freeze_at, frozen_prefixes", [(0, []), (2, ["conv_stem", "bn1", "blocks.0", "blocks.1"])])
+@pytest.mark.parametrize(
+    "freeze_at, frozen_prefixes", [(0, []), (2, ["conv_stem", "bn1", "blocks.0", "blocks.1"])]
+)
 def test_efficientnet_freeze_at(freeze_at, frozen_prefixes):
     cfg = small_cfg("build_efficientnet_bifpn_backbone")
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
@@ -90,7 +92,8 @@ def test_bifpn_level_ranges(graph, max_level):
     backbone = BACKBONE_REGISTRY.get("build_resnet_bifpn_backbone")(cfg, ShapeSpec(channels=3))
     outputs = backbone(torch.randn(2, 3, 130, 70))
     assert list(outputs) == [f"p{level}" for level in range(2, max_level + 1)]
-    assert outputs[f"p{max_level}"].shape[-2:] == (math.ceil(130 / 2**max_level), math.ceil(70 / 2**max_level))
+    stride = 2**max_level
+    assert outputs[f"p{max_level}"].shape[-2:] == (math.ceil(130 / stride), math.ceil(70 / stride))
 
 
 @pytest.mark.parametrize("name", ["build_resnet_bifpn_backbone", "build_resnet_weighted_fpn_backbone"])
@@ -123,7 +126,8 @@ def test_fusion_keys_old_and_new():
         cfg = small_cfg("build_retinanet_resnet_bifpn_backbone")
         for key, value in keys.items():
             cfg.merge_from_list([key.replace("__", "."), value])
-        fusion = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3)).cells[0].nodes[0].fusion
+        backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3))
+        fusion = backbone.cells[0].nodes[0].fusion
         return fusion.method, fusion.eps
 
     assert fusion_of() == ("fast_normalized", 1e-4)

@@ -44,7 +44,10 @@ def test_only_backbone_name_changes(flavour, backbone_name):
 
 @pytest.mark.parametrize(
     "flavour, backbone_name",
-    [("retinanet", "build_retinanet_resnet_weighted_fpn_backbone"), ("rcnn", "build_resnet_weighted_fpn_backbone")],
+    [
+        ("retinanet", "build_retinanet_resnet_weighted_fpn_backbone"),
+        ("rcnn", "build_resnet_weighted_fpn_backbone"),
+    ],
 )
 def test_model_zoo_fpn_checkpoint_loads(flavour, backbone_name):
     zoo_model = build_model(_zoo_cfg(flavour))

@@ -6,13 +6,16 @@ checkpoint, and the one-line errors for mistakes a user makes."""
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from detectron2.data import MetadataCatalog
 
 from bifpn_d2.data import TINY_OVERRIDES
 from bifpn_d2.engine import (
@@ -203,6 +206,87 @@ def test_bad_values_are_reported(tmp_path, capsys, opts, expected):
                 not_reached)
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def refused(argv, capsys) -> str:
+    """The one-line error ``run_cli`` gives for ``argv`` (exit status 2), checking that the
+    run was stopped before launching and that nothing was written into OUTPUT_DIR."""
+    output_dir = Path(argv[argv.index("OUTPUT_DIR") + 1])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argv, preflight, not_reached)
+    assert exit_info.value.code == 2
+    assert not output_dir.exists()
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "error: " in message and "Traceback" not in message
+    return message
+
+
+def test_corrupt_weights_are_one_line(tmp_path, capsys):
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    message = refused(["--config-file", CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path / "out"),
+                       "MODEL.WEIGHTS", str(weights), *TINY], capsys)
+    assert f"MODEL.WEIGHTS: weight file '{weights}' is not a readable checkpoint" in message
+    assert "weights_only" not in message  # torch's advice to unpickle an unknown file
+    assert "model_final.pth), or a model-zoo .pkl" in message  # what to do
+
+
+def test_model_zoo_pkl_weights_pass_the_check(tmp_path):
+    """Detectron2's model-zoo .pkl files (pickles of numpy arrays) are read safely and let through."""
+    weights = tmp_path / "R-50.pkl"
+    arrays = {"stem.conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}
+    with open(weights, "wb") as f:
+        pickle.dump({"model": arrays, "__author__": "model zoo"}, f)
+    preflight(build_parser().parse_args(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"),
+                                         "MODEL.WEIGHTS", str(weights), *TINY]))
+
+
+def test_missing_coco_names_the_file_and_detectron2_datasets(tmp_path, capsys):
+    if os.path.exists(MetadataCatalog.get("coco_2017_train").json_file):
+        pytest.skip("COCO is on disk here")
+    message = refused(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+                       "DATASETS.TRAIN", "('coco_2017_train',)"], capsys)
+    assert "DATASETS.TRAIN 'coco_2017_train' reads " in message
+    assert "coco/annotations/instances_train2017.json (json_file), which does not exist" in message
+    assert "set DETECTRON2_DATASETS to the folder that holds the dataset" in message
+
+
+def test_unregistered_dataset(tmp_path, capsys):
+    message = refused(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+                       "DATASETS.TEST", "('synthetic_shapes_vall',)"], capsys)
+    assert "DATASETS.TEST names 'synthetic_shapes_vall', which is not a registered dataset; did you " \
+           "mean synthetic_shapes_val" in message
+
+
+@pytest.mark.parametrize(
+    "opts, expected",
+    [
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH 0 is not valid: the number of images per "
+                                        "iteration must be >= 1; e.g. `SOLVER.IMS_PER_BATCH 2`"),
+        (["--num-gpus", "2", "SOLVER.IMS_PER_BATCH", "3"], "must be a positive multiple of 2"),
+        (["--num-gpus", "2", "MODEL.BIFPN.NORM", "SyncBN"], "MODEL.BIFPN.NORM is SyncBN (PyTorch's "
+                                                            "SyncBatchNorm), which needs GPUs"),
+    ],
+    ids=["batch-0", "batch-not-divisible", "syncbn-on-cpu-processes"],
+)
+def test_batch_and_processes(tmp_path, capsys, opts, expected):
+    if "--num-gpus" in opts and torch.cuda.is_available():
+        pytest.skip("about CPU processes")
+    flags = opts[:2] if opts[0] == "--num-gpus" else []
+    message = refused(["--config-file", CONFIG, *flags, "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+                       *opts[len(flags):]], capsys)
+    assert expected in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--num-gpus on a machine without GPUs")
+def test_num_gpus_without_gpus_trains_cpu_processes(tmp_path, env):
+    """--num-gpus 2 without GPUs: 2 CPU processes over gloo (Detectron2's launch and DDP)."""
+    output_dir = tmp_path / "out"
+    result = train(output_dir, env, flags=["--num-gpus", "2"], iters=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "World size: 2" in result.stdout + result.stderr
+    assert (output_dir / "model_final.pth").is_file() and (output_dir / "log.txt.rank1").is_file()
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in result.stdout + result.stderr
 
 
 def test_unknown_key_in_yaml_names_the_file(tmp_path):

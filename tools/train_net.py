@@ -28,9 +28,12 @@ Evaluators are chosen from each test dataset's ``evaluator_type`` as Detectron2'
 ``--config-file`` takes a path or the name of a shipped config
 (``synthetic/RetinaNet-R18-BiFPN.yaml``, see ``bifpn_d2.model_zoo``).
 
-Mistakes in the command line, the config, the test datasets' evaluators or the output
-directory end the program, before training starts, with a one-line ``error:`` message and
-exit status 2 instead of a traceback.
+Mistakes in the command line, the config, the datasets (not registered, or files missing
+where ``DETECTRON2_DATASETS`` points), ``MODEL.WEIGHTS`` (missing or unreadable), the batch
+size, the test datasets' evaluators or the output directory end the program with a
+one-line ``error:`` message and exit status 2, before training starts and before anything
+is written into ``OUTPUT_DIR``. Without GPUs, ``--num-gpus N`` runs N CPU processes (gloo
+backend; ``SOLVER.IMS_PER_BATCH`` is split between them).
 """
 
 from collections import OrderedDict

@@ -46,6 +46,7 @@ __all__ = [
     "default_dataset_root",
     "ensure_generated",
     "generate_synthetic_coco",
+    "is_synthetic_dataset",
     "register_default_synthetic_datasets",
     "register_synthetic_dataset",
     "synthetic_dataset_dir",
@@ -181,6 +182,11 @@ def register_default_synthetic_datasets(root: Optional[Union[str, Path]] = None)
     for name, spec in DEFAULT_SYNTHETIC_DATASETS.items():
         if name not in DatasetCatalog.list():
             register_synthetic_dataset(name, spec.num_images, spec.image_size, spec.seed, root, spec.split)
+
+
+def is_synthetic_dataset(name: str) -> bool:
+    """Whether ``name`` was registered by this module (its files appear on first use)."""
+    return name in _REGISTERED
 
 
 def ensure_generated(name: str) -> Optional[tuple[Path, Path]]:

@@ -8,7 +8,10 @@ from .config import ConfigError, load_config, load_lazy_config, resolve_config_f
 from .evaluation import EVALUATOR_TYPES, build_evaluator, check_evaluation
 from .hooks import FusionWeightLogger
 from .launch import (
+    DATASETS_ENV,
     build_parser,
+    check_datasets,
+    check_processes,
     check_weights,
     exit_on_config_error,
     lazy_preflight,
@@ -24,6 +27,7 @@ __all__ = [
     "AtomicCheckpointer",
     "ConfigError",
     "EVALUATOR_TYPES",
+    "DATASETS_ENV",
     "FusionWeightLogger",
     "LAST_CHECKPOINT",
     "OVERWRITE_ENV",
@@ -31,7 +35,9 @@ __all__ = [
     "build_evaluator",
     "build_parser",
     "check_evaluation",
+    "check_datasets",
     "check_output_dir",
+    "check_processes",
     "check_weights",
     "checkpoints_in",
     "exit_on_config_error",

@@ -2,6 +2,8 @@
 metadata as Detectron2's train_net chooses them, test-time augmentation, fusion-weight
 logging and a log period suited to short runs."""
 
+import contextlib
+import functools
 import logging
 import os
 import weakref
@@ -11,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -43,10 +46,32 @@ def log_period(max_iter: int) -> int:
     return max(1, min(20, max_iter // 10))
 
 
+@contextlib.contextmanager
+def _ddp_for_cpu_models():
+    """While active, Detectron2's ``create_ddp_model`` wraps models without ``device_ids``.
+
+    ``DefaultTrainer`` asks for ``device_ids=[local rank]``, which DistributedDataParallel
+    accepts for GPU modules only; a CPU model (several CPU processes over gloo, as
+    Detectron2's ``launch`` starts them without GPUs) must pass none."""
+    original = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = functools.partial(original, device_ids=None)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's default training loop with: atomic checkpoints, evaluators chosen from
     the dataset metadata (:mod:`bifpn_d2.engine.evaluation`), test-time augmentation after
-    training when ``TEST.AUG.ENABLED``, and a log period suited to short runs."""
+    training when ``TEST.AUG.ENABLED``, a log period suited to short runs, the BiFPN's own
+    learning rate (``MODEL.BIFPN.LR_FACTOR``) and DDP over several CPU processes
+    (``--num-gpus N`` on a machine without GPUs, gloo backend)."""
+
+    def __init__(self, cfg: CfgNode):
+        cpu_processes = cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1
+        with _ddp_for_cpu_models() if cpu_processes else contextlib.nullcontext():
+            super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:

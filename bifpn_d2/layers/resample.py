@@ -40,7 +40,9 @@ class ResampleToLevel(nn.Module):
     in :meth:`forward`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, level_step: int, style: LayerStyle = LayerStyle()):
+    def __init__(
+        self, in_channels: int, out_channels: int, level_step: int, style: LayerStyle = LayerStyle()
+    ):
         """
         Args:
             in_channels, out_channels: channels before and after the edge.

@@ -92,7 +92,9 @@ class BiFPN(PyramidBackbone):
         if top_block is not None:
             implied = levels[-1] + top_block.num_levels
             if max_level is not None and max_level != implied:
-                raise ValueError(f"max_level={max_level} disagrees with the top block, which ends at P{implied}")
+                raise ValueError(
+                    f"max_level={max_level} disagrees with the top block, which ends at P{implied}"
+                )
             max_level = implied
         if max_level is None:
             raise ValueError("give max_level or a top_block")

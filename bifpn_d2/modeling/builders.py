@@ -10,8 +10,9 @@ Every pyramid builder exists in two flavours, as in Detectron2:
 The pyramid's inputs are ``MODEL.FPN.IN_FEATURES`` in both cases; the flavour only sets
 the default top block and ``MAX_LEVEL``.
 """
+import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
@@ -66,7 +67,8 @@ def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]
     check_choice("MODEL.EFFICIENTNET.NORM", ec.NORM, EFFICIENTNET_NORMS)
     check_choice("MODEL.BACKBONE.FREEZE_AT", cfg.MODEL.BACKBONE.FREEZE_AT, range(6))
     if input_shape.channels != 3:
-        raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
+        raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels} "
+                         "(MODEL.PIXEL_MEAN)")
     if out_features is not None and not set(out_features) <= set(FEATURE_NAMES):
         out_features = None  # let the pyramid report what the bottom-up network produces
     try:
@@ -97,8 +99,8 @@ def _size_divisibility(cfg) -> Optional[int]:
     """MODEL.FPN.SIZE_DIVISIBILITY: -1 -> None (the last input stride), else the value."""
     value = cfg.MODEL.FPN.SIZE_DIVISIBILITY
     if not isinstance(value, int) or value < -1:
-        raise ValueError(f"MODEL.FPN.SIZE_DIVISIBILITY={value!r} is not valid; it must be -1 (the stride of the "
-                         "last input level, as Detectron2's FPN), 0 (no padding) or a positive integer")
+        raise ValueError(f"MODEL.FPN.SIZE_DIVISIBILITY={value!r} is not valid; it must be -1 (the stride of "
+                         "the last input level, as Detectron2's FPN), 0 (no padding) or a positive integer")
     return None if value == -1 else value
 
 
@@ -117,36 +119,80 @@ def _top_block(name: str, cfg, bottom_up: Backbone, levels: List[int], out_chann
         "maxpool": lambda: MaxPoolTopBlock(last_output),
         "p6p7_c5": lambda: ConvP6P7TopBlock(last_channels, out_channels, last_input, num_levels),
         "p6p7_p5": lambda: ConvP6P7TopBlock(out_channels, out_channels, last_output, num_levels),
-        "efficientdet": lambda: EfficientDetTopBlock(last_channels, out_channels, num_levels, last_input, style),
+        "efficientdet": lambda: EfficientDetTopBlock(last_channels, out_channels, num_levels, last_input,
+                                                     style),
     }
     return makers[name]()
 
 
-def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
+def _default_max_level(cfg, levels: List[int], flavour: str) -> int:
+    """The coarsest BiFPN level when MODEL.BIFPN.MAX_LEVEL is 0: the flavour's (P6 R-CNN, P7
+    RetinaNet), except under Detectron2's SemanticSegmentor, whose only head reads
+    MODEL.SEM_SEG_HEAD.IN_FEATURES: a level above those would leave the last cell's node
+    for it without a gradient (an unused parameter under DDP)."""
+    default = levels[-1] + FLAVOURS[flavour].num_extra_levels
+    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+        return default
+    read = [int(name[1:]) for name in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES if re.fullmatch(r"p\d+", name)]
+    if len(read) != len(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES):
+        return default  # not our level names: the head's own check reports them
+    return max([levels[-1], levels[0] + 2] + read)
+
+
+def bifpn_options(cfg) -> Dict[str, Any]:
+    """The :class:`BiFPN` keyword arguments that ``MODEL.BIFPN`` (and ``MODEL.FPN.FUSION_EPS``)
+    set, checked: everything but the bottom-up network, its features, the width, the levels
+    and the top block. The LazyConfig helpers take their defaults from here too."""
     bc = cfg.MODEL.BIFPN
     fuse_type = bc.FUSION or bc.FUSE_TYPE  # the earlier key wins where a config still sets it
-    check_positive("MODEL.BIFPN.OUT_CHANNELS", bc.OUT_CHANNELS)
     check_positive("MODEL.BIFPN.NUM_CELLS", bc.NUM_CELLS)
     check_choice("MODEL.BIFPN.GRAPH", bc.GRAPH, sorted(GRAPHS))
     check_choice("MODEL.BIFPN.FUSION" if bc.FUSION else "MODEL.BIFPN.FUSE_TYPE", fuse_type, FUSION_METHODS)
     check_choice("MODEL.BIFPN.ACTIVATION", bc.ACTIVATION, ACTIVATIONS)
     check_choice("MODEL.BIFPN.NORM", bc.NORM, NORMS + NORM_ALIASES)
-    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, BIFPN_TOP_BLOCKS)
     check_choice("MODEL.BIFPN.CONV_INIT", bc.CONV_INIT, CONV_INITS)
+    return dict(
+        num_cells=bc.NUM_CELLS,
+        graph=bc.GRAPH,
+        fusion=fuse_type,
+        fusion_eps=_fusion_eps(cfg),
+        activation=bc.ACTIVATION,
+        separable_conv=bc.SEPARABLE_CONV,
+        norm=bc.NORM,
+        norm_eps=bc.NORM_EPS,
+        norm_momentum=bc.NORM_MOMENTUM,
+        same_padding=bc.SAME_PADDING,
+        bias_before_norm=bc.BIAS_BEFORE_NORM,
+        conv_init=bc.CONV_INIT,
+        channels_last=bc.CHANNELS_LAST,
+        residual=bc.RESIDUAL,
+    )
+
+
+def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
+    bc = cfg.MODEL.BIFPN
+    if not isinstance(bc.OUT_CHANNELS, int) or bc.OUT_CHANNELS < 0:
+        raise ValueError(f"MODEL.BIFPN.OUT_CHANNELS={bc.OUT_CHANNELS!r} is not valid; it must be an integer "
+                         ">= 1, or 0 for MODEL.FPN.OUT_CHANNELS")
+    if bc.OUT_CHANNELS == 0:  # the width Detectron2's heads are sized for
+        check_positive("MODEL.FPN.OUT_CHANNELS", cfg.MODEL.FPN.OUT_CHANNELS)
+    width = bc.OUT_CHANNELS or cfg.MODEL.FPN.OUT_CHANNELS
+    options = bifpn_options(cfg)
+    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, BIFPN_TOP_BLOCKS)
     size_divisibility = _size_divisibility(cfg)
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
     if levels[0] < 2:
         raise ValueError(f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)} start at P{levels[0]}; "
                          "BiFPN levels lie within P2-P8")
-    default_max = levels[-1] + FLAVOURS[flavour].num_extra_levels
+    default_max = _default_max_level(cfg, levels, flavour)
     max_level = bc.MAX_LEVEL or default_max
     allowed = list(range(max(levels[-1], levels[0] + 2), 9))
     if max_level not in allowed:
         raise ValueError(
-            f"MODEL.BIFPN.MAX_LEVEL={bc.MAX_LEVEL} gives P{levels[0]}-P{max_level} over MODEL.FPN.IN_FEATURES="
-            f"{list(cfg.MODEL.FPN.IN_FEATURES)}; a BiFPN needs at least 3 levels within P2-P8: "
-            f"allowed values: {[0] + allowed} (0 = P{default_max})"
+            f"MODEL.BIFPN.MAX_LEVEL={bc.MAX_LEVEL} gives P{levels[0]}-P{max_level} over "
+            f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)}; a BiFPN needs at least 3 levels "
+            f"within P2-P8: allowed values: {[0] + allowed} (0 = P{default_max})"
         )
     num_extra = max_level - levels[-1]
     if bc.TOP_BLOCK == "p6p7_c5" and num_extra > 2:
@@ -155,29 +201,9 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
     style = LayerStyle(bc.NORM, bc.NORM_EPS, bc.NORM_MOMENTUM, bc.SAME_PADDING, bc.BIAS_BEFORE_NORM)
     top_block = None
     if num_extra > 0:
-        top_block = _top_block(bc.TOP_BLOCK, cfg, bottom_up, levels, bc.OUT_CHANNELS, num_extra, style)
-    return BiFPN(
-        bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=bc.OUT_CHANNELS,
-        num_cells=bc.NUM_CELLS,
-        top_block=top_block,
-        max_level=max_level,
-        graph=bc.GRAPH,
-        fusion=fuse_type,
-        fusion_eps=_fusion_eps(cfg),
-        activation=bc.ACTIVATION,
-        separable_conv=bc.SEPARABLE_CONV,
-        norm=style.norm,
-        norm_eps=style.norm_eps,
-        norm_momentum=style.norm_momentum,
-        same_padding=style.same_padding,
-        bias_before_norm=style.bias_before_norm,
-        size_divisibility=size_divisibility,
-        conv_init=bc.CONV_INIT,
-        channels_last=bc.CHANNELS_LAST,
-        residual=bc.RESIDUAL,
-    )
+        top_block = _top_block(bc.TOP_BLOCK, cfg, bottom_up, levels, width, num_extra, style)
+    return BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, max_level=max_level, top_block=top_block,
+                 size_divisibility=size_divisibility, **options)
 
 
 def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> WeightedFPN:
@@ -193,8 +219,8 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     # Detectron2's P6/P7 are two levels whatever the flavour; EfficientDet's fill the flavour.
     num_levels = FLAVOURS[flavour].num_extra_levels if top_name == "efficientdet" else 2
     top_block = _top_block(top_name, cfg, bottom_up, levels, fc.OUT_CHANNELS, num_levels, LayerStyle(fc.NORM))
-    return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE, _fusion_eps(cfg),
-                       size_divisibility)
+    return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE,
+                       _fusion_eps(cfg), size_divisibility)
 
 
 @BACKBONE_REGISTRY.register()

@@ -64,12 +64,14 @@ class PyramidBackbone(Backbone):
         self._size_divisibility = size_divisibility
         self._out_features = [f"p{level}" for level in range(self.min_level, self.max_level + 1)]
         self._out_feature_channels = {name: out_channels for name in self._out_features}
-        self._out_feature_strides = {f"p{level}": 2**level for level in range(self.min_level, self.max_level + 1)}
+        self._out_feature_strides = {name: 2 ** int(name[1:]) for name in self._out_features}
 
     def check_top_block(self, top_block: Optional[nn.Module], sources: Sequence[str]) -> None:
         """Refuse a top block that reads a map not among ``sources``."""
         if top_block is not None and top_block.in_feature not in sources:
-            raise ValueError(f"the top block reads {top_block.in_feature!r}, which is not one of {list(sources)}")
+            raise ValueError(
+                f"the top block reads {top_block.in_feature!r}, which is not one of {list(sources)}"
+            )
 
     @property
     def size_divisibility(self) -> int:

@@ -44,7 +44,8 @@ class FusionNode(nn.Module):
         self.input_ids: List[int] = list(input_ids)
         self.level_index = level_index
         self.edges = nn.ModuleList(
-            ResampleToLevel(in_ch, out_channels, step, style) for in_ch, step in zip(input_channels, level_steps)
+            ResampleToLevel(in_ch, out_channels, step, style)
+            for in_ch, step in zip(input_channels, level_steps)
         )
         self.fusion = WeightedFusion(len(self.input_ids), fusion, fusion_eps)
         self.act = make_activation(activation)

@@ -17,7 +17,15 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-__all__ = ["PyramidNode", "GRAPHS", "bifpn_nodes", "panet_nodes", "build_graph", "output_node_ids", "pyramid_levels"]
+__all__ = [
+    "GRAPHS",
+    "PyramidNode",
+    "bifpn_nodes",
+    "build_graph",
+    "output_node_ids",
+    "panet_nodes",
+    "pyramid_levels",
+]
 
 
 @dataclass(frozen=True)

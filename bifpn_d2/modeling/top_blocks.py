@@ -54,7 +54,9 @@ class ConvP6P7TopBlock(nn.Module):
         self.num_levels = num_levels
         self.in_feature = in_feature
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
-        self.p7: Optional[nn.Module] = nn.Conv2d(out_channels, out_channels, 3, 2, 1) if num_levels == 2 else None
+        self.p7: Optional[nn.Module] = None
+        if num_levels == 2:
+            self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
         for module in (self.p6, self.p7):
             if module is not None:
                 weight_init.c2_xavier_fill(module)

@@ -1,0 +1,140 @@
+"""Our necks in Detectron2's LazyConfig models, in one line.
+
+Detectron2's LazyConfig model zoo (``common/models/retinanet.py``, ``mask_rcnn_fpn.py``,
+``fcos.py``, ``panoptic_fpn.py``, ``keypoint_rcnn_fpn.py``, ``cascade_rcnn.py``, ...) builds
+``model.backbone`` as a ``LazyCall`` of Detectron2's ``FPN``. These helpers turn that node
+into ours, in place, keeping its bottom-up network, ``in_features`` (interpolations
+included) and ``out_channels``, the width the config's heads are sized for::
+
+    from detectron2 import model_zoo
+    from bifpn_d2.lazy import use_bifpn, use_weighted_fpn
+
+    model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
+    use_bifpn(model)                                    # or: use_bifpn(model, num_cells=3)
+    use_weighted_fpn(model, fuse_type="fast_normalized")  # our FPN instead
+
+Top blocks (the levels above the last input):
+
+- :func:`use_weighted_fpn` keeps Detectron2's ``LastLevelMaxPool`` / ``LastLevelP6P7`` as
+  they are (our FPN runs them as Detectron2's does, from ``res5`` or from ``p5`` as FCOS):
+  with ``fuse_type="sum"`` the parameter names are Detectron2's and its checkpoints load.
+- :func:`use_bifpn` replaces them by the BiFPN's own top block (1x1 conv + norm +
+  max-pool, EfficientDet's) over the *last bottom-up level*, making as many levels (P6 for
+  ``LastLevelMaxPool``, P6-P7 for ``LastLevelP6P7``). Its cells start from all levels at
+  once, so the extra levels cannot be read from the pyramid's own ``p5``: FCOS's
+  P6/P7-from-P5 become P6/P7 from ``res5`` too.
+"""
+from typing import Any, Dict, Sequence
+
+from detectron2.config import get_cfg
+from detectron2.modeling.backbone import FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig
+
+from .config import add_bifpn_config
+from .modeling import BiFPN, ConvP6P7TopBlock, MaxPoolTopBlock, WeightedFPN
+from .modeling.builders import bifpn_options
+from .modeling.pyramid_graph import pyramid_levels
+
+__all__ = ["bifpn_backbone", "use_bifpn", "use_weighted_fpn"]
+
+# Levels a top block adds, by type, where its arguments do not say (``num_levels``).
+_TOP_BLOCK_LEVELS = {LastLevelMaxPool: 1, MaxPoolTopBlock: 1, LastLevelP6P7: 2, ConvP6P7TopBlock: 2}
+# Arguments of Detectron2's FPN that our necks do not take.
+_FPN_ONLY = ("square_pad",)
+
+
+def bifpn_backbone(bottom_up: Backbone, in_features: Sequence[str], out_channels: int, extra_levels: int,
+                   **options: Any) -> BiFPN:
+    """A :class:`BiFPN` over ``in_features`` of ``bottom_up`` with ``extra_levels`` levels
+    above the last of them (made by its EfficientDet top block): the target
+    :func:`use_bifpn` gives ``model.backbone``, since the last input level is known only
+    once the bottom-up network is built. ``options``: the other :class:`BiFPN` arguments."""
+    last = pyramid_levels(bottom_up, in_features)[-1]
+    return BiFPN(bottom_up, in_features, out_channels, max_level=last + extra_levels, **options)
+
+
+def _target(node: DictConfig) -> Any:
+    """The callable of a ``LazyCall`` node (a string once a config was saved and reloaded)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return locate(target) if isinstance(target, str) else target
+
+
+def _pyramid_node(model: DictConfig, helper: str) -> DictConfig:
+    """``model.backbone``, checked to be a LazyCall of Detectron2's FPN (or of ours)."""
+    backbone = model.get("backbone") if isinstance(model, DictConfig) else None
+    target = _target(backbone)
+    if target is not FPN and target is not WeightedFPN:
+        found = target if backbone is not None else "no model.backbone"
+        raise ValueError(f"{helper} replaces a LazyCall of Detectron2's FPN in model.backbone; "
+                         f"found {found!r}")
+    for key in _FPN_ONLY:
+        if backbone.get(key, 0):
+            raise ValueError(f"model.backbone.{key}={backbone[key]!r}: our necks pad to a multiple of the "
+                             "last input stride, not to a square")
+        backbone.pop(key, None)
+    return backbone
+
+
+def _extra_levels(backbone: DictConfig) -> int:
+    """How many levels the pyramid's top block adds (0 without one)."""
+    top_block = backbone.get("top_block")
+    if top_block is None:
+        return 0
+    if "num_levels" in top_block:
+        return top_block.num_levels
+    target = _target(top_block)
+    if target not in _TOP_BLOCK_LEVELS:
+        raise ValueError(f"model.backbone.top_block: {target!r} does not say how many levels it adds; "
+                         "give it num_levels, or use LastLevelMaxPool or LastLevelP6P7")
+    return _TOP_BLOCK_LEVELS[target]
+
+
+def _default_bifpn_options() -> Dict[str, Any]:
+    """The defaults of ``add_bifpn_config``'s ``MODEL.BIFPN`` keys, as BiFPN arguments: a
+    LazyConfig model gets the BiFPN a YAML config gets from ``MODEL.BACKBONE.NAME``."""
+    return bifpn_options(add_bifpn_config(get_cfg()))
+
+
+def use_bifpn(model: DictConfig, **options: Any) -> DictConfig:
+    """Make ``model.backbone`` (a LazyCall of Detectron2's FPN) our BiFPN, in place.
+
+    Keeps ``bottom_up``, ``in_features`` and ``out_channels``; the levels above the last
+    input are as many as the FPN's top block made (see the module docstring); the FPN's
+    ``norm`` gives way to the BiFPN's.
+
+    Args:
+        model: a LazyConfig model (``cfg.model``) with a ``backbone`` FPN node.
+        options: :class:`BiFPN` arguments (``num_cells``, ``norm``, ``fusion``, ...); the
+            others take the defaults of the ``MODEL.BIFPN`` keys (:mod:`bifpn_d2.config`).
+    Returns:
+        ``model``, changed.
+    """
+    backbone = _pyramid_node(model, "use_bifpn")
+    extra_levels = _extra_levels(backbone)
+    for key in ("top_block", "fuse_type"):  # what the BiFPN makes or names otherwise
+        backbone.pop(key, None)
+    backbone._target_ = bifpn_backbone
+    backbone.extra_levels = extra_levels
+    backbone.update({**_default_bifpn_options(), **options})
+    return model
+
+
+def use_weighted_fpn(model: DictConfig, fuse_type: str = "fast_normalized", **options: Any) -> DictConfig:
+    """Make ``model.backbone`` (a LazyCall of Detectron2's FPN) our :class:`WeightedFPN`, in
+    place: the same bottom-up, features, width, norm and top block, with ``fuse_type``
+    fusion. ``fuse_type="sum"`` is Detectron2's FPN, parameter for parameter.
+
+    Args:
+        model: a LazyConfig model (``cfg.model``) with a ``backbone`` FPN node.
+        fuse_type: ``"fast_normalized"``, ``"softmax"``, ``"weighted"``, ``"sum"`` or ``"avg"``.
+        options: other :class:`WeightedFPN` arguments (``fusion_eps``, ``size_divisibility``).
+    Returns:
+        ``model``, changed.
+    """
+    backbone = _pyramid_node(model, "use_weighted_fpn")
+    backbone._target_ = WeightedFPN
+    backbone.fuse_type = fuse_type
+    backbone.update(options)
+    return model
