@@ -102,8 +102,8 @@ def test_wheel_installs_and_builds_models(tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
-    assert lines["EfficientDet/EfficientDet-D0.yaml"].startswith("RetinaNet ")
+    assert lines["EfficientDet/EfficientDet-D0.yaml"].startswith("EfficientDet ")
     assert lines["synthetic/RetinaNet-R18-BiFPN.yaml"].startswith("RetinaNet ")
-    assert lines["instances"] == "True" and lines["lazy"] == "RetinaNet"
+    assert lines["instances"] == "True" and lines["lazy"] == "EfficientDet"
     for key in ("package", "configs"):
         assert lines[key].startswith(site_packages), (key, lines[key])
