@@ -172,3 +172,17 @@ def test_lazy_config_matches_yaml_twin(lazy, yaml):
     lazy_shapes = {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()}
     yaml_shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
     assert lazy_shapes == yaml_shapes
+
+
+def test_synthetic_bifpn_config_is_the_neck_study_result():
+    """The main job's BiFPN is the study's ``bifpn_after`` arm: the config's MODEL.BIFPN
+    equals the config with every studied key set from BIFPN_AFTER."""
+    from bifpn_d2.engine.config import load_config
+    from bifpn_d2.engine.neck_study import ARMS, BIFPN_AFTER, BIFPN_CONFIG
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = load_config(str(root / BIFPN_CONFIG))
+    opts = [item for pair in BIFPN_AFTER.items() for item in pair]
+    assert load_config(str(root / BIFPN_CONFIG), opts).MODEL.BIFPN == shipped.MODEL.BIFPN
+    assert shipped.MODEL.BIFPN.RESIDUAL and shipped.MODEL.BIFPN.TOP_BLOCK == "p6p7_c5"
+    assert {arm.name: arm.overrides for arm in ARMS}["bifpn_after"] == BIFPN_AFTER

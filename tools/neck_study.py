@@ -6,6 +6,7 @@ several seeds on the built-in dataset, then tabulate and plot mean and spread of
     python tools/neck_study.py --arms reference "top block" --seeds 0 1 2
     python tools/neck_study.py --list                   # the arms and what each tests
     python tools/neck_study.py --quick                  # smoke run on the tiny dataset
+    python tools/neck_study.py --jobs 8 --output-dir output/neck_study_cuda MODEL.DEVICE cuda
 
 Arms are named or chosen by group (see ``--list``); they are defined in
 ``bifpn_d2.engine.neck_study``. Runs go ``--jobs`` at a time with ``--threads`` each
@@ -49,6 +50,12 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", default="output/neck_study")
     parser.add_argument("--quick", action="store_true", help="tiny dataset, a few iterations (smoke test)")
     parser.add_argument("--list", action="store_true", help="list the arms and exit")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: tabulate the runs already finished"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run (e.g. MODEL.DEVICE cuda)"
+    )
     args = parser.parse_args(argv)
 
     if args.list:
@@ -62,8 +69,12 @@ def main(argv=None) -> None:
         parser.error("--jobs, --threads and --iters must be >= 1")
     arms = [a for a in ARMS if "all" in args.arms or a.name in args.arms or a.group in args.arms]
 
-    base_opts = TINY_OVERRIDES if args.quick else []
-    reference = load_config(str(ROOT / arms[0].config), base_opts)
+    base_opts = (TINY_OVERRIDES if args.quick else []) + args.opts
+    # Configs read here only for the schedule, datasets and costs (measured on the CPU),
+    # so a study trained on a GPU can be tabulated on a machine without one.
+    on_cpu = ["MODEL.DEVICE", "cpu"]
+    reference = load_config(str(ROOT / arms[0].config), base_opts + on_cpu)
+    device = dict(zip(args.opts[::2], args.opts[1::2])).get("MODEL.DEVICE", "cpu")
     solver = reference.SOLVER
     iters = args.iters or (QUICK_ITERS if args.quick else solver.MAX_ITER)
 
@@ -77,17 +88,24 @@ def main(argv=None) -> None:
         ensure_generated(name)
     results = arm_runs(arms, args.seeds, output_dir, base_opts, schedule)
     say(f"{len(arms)} arms x {len(args.seeds)} seeds, {args.jobs} at a time, {args.threads} thread(s) each")
-    run_all([run for _, run in results], args.jobs, args.threads, say)
+    if args.report_only:
+        results = [(arm, run) for arm, run in results if run.is_done()]
+        arms = [arm for arm in arms if any(a is arm for a, _ in results)]
+        if not results:
+            parser.error(f"--report-only: no finished run in {output_dir}")
+    longest_first = sorted(results, key=lambda pair: -pair[0].iters_factor)
+    run_all([run for _, run in longest_first], args.jobs, args.threads, say)
 
     costs = {}
     for arm in arms:
-        cfg = load_config(str(ROOT / arm.config), base_opts + arm.opts())
+        cfg = load_config(str(ROOT / arm.config), base_opts + arm.opts() + on_cpu)
         costs[arm.name] = measure_cost(cfg)
     rows = summarize_arms(results, costs)
     speed = fusion_speed() if not args.quick else {}
     title = (
         f"{reference.MODEL.META_ARCHITECTURE} R{reference.MODEL.RESNETS.DEPTH} on "
-        f"{reference.DATASETS.TEST[0]}, {iters} iterations (1x), seeds {', '.join(map(str, args.seeds))}"
+        f"{reference.DATASETS.TEST[0]}, {iters} iterations (1x), seeds {', '.join(map(str, args.seeds))}, "
+        f"trained on {device}"
     )
     for path in write_report(rows, results, speed, output_dir, title):
         say(f"wrote {path}")

@@ -17,10 +17,12 @@ levels are checked against effdet's config on the way.
   - training step: pixels + boxes -> losses -> backward (effdet's ``DetBenchTrain`` with
     its anchor labeler; ours: the model in training mode);
   effdet as shipped and in channels-last memory format (model and input), its faster one
-  being "effdet best". Ratios are ours / effdet best.
+  being "effdet best". Ratios are ours / effdet best. On the CPU, or on a GPU in fp32
+  and in mixed precision (``torch.autocast`` with float16, for both networks alike).
 
 Not imported by ``import bifpn_d2``; needs ``effdet``.
 """
+import contextlib
 import copy
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -187,6 +189,7 @@ class _Contestants:
 
     def __init__(self, reference: nn.Module, ours: nn.Module, pixels: torch.Tensor):
         effdet = _import_effdet()
+        device = pixels.device
         height, width = pixels.shape[-2:]
         self.mean = ours.pixel_mean.view(1, 3, 1, 1)
         self.std = ours.pixel_std.view(1, 3, 1, 1)
@@ -195,19 +198,21 @@ class _Contestants:
         reference_cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
         self.predict = effdet.DetBenchPredict(reference).eval()
         self.predict_cl = effdet.DetBenchPredict(reference_cl).eval()
-        self.train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True).train()
-        self.train_cl = effdet.DetBenchTrain(copy.deepcopy(reference_cl), create_labeler=True).train()
+        # .to(device): the benches' anchors are built on the CPU
+        self.train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True).to(device).train()
+        self.train_cl = effdet.DetBenchTrain(copy.deepcopy(reference_cl), create_labeler=True).to(device).train()
+        self.predict, self.predict_cl = self.predict.to(device), self.predict_cl.to(device)
         self.ours = ours.eval()
         self.folded = fold_for_inference(ours)
         self.ours_train = copy.deepcopy(ours).train()
         scale = torch.tensor([width, height, width, height], dtype=torch.float)
-        boxes = _BOXES * scale
+        boxes, classes = (_BOXES * scale).to(device), _CLASSES.to(device)
         batch = len(pixels)
         # effdet: (y0, x0, y1, x1) boxes, classes from 1
         self.target = {"bbox": boxes[:, [1, 0, 3, 2]].expand(batch, -1, -1),
-                       "cls": (_CLASSES + 1.0).expand(batch, -1)}
+                       "cls": (classes + 1.0).expand(batch, -1)}
         self.inputs = [{"image": image, "instances": Instances((height, width), gt_boxes=Boxes(boxes),
-                                                              gt_classes=_CLASSES)} for image in pixels]
+                                                              gt_classes=classes)} for image in pixels]
 
     def _normalised(self, channels_last: bool) -> torch.Tensor:
         pixels = self.pixels_cl if channels_last else self.pixels
@@ -251,6 +256,22 @@ def _relative_difference(reference: nn.Module, ours: nn.Module, x: torch.Tensor)
     return max(((a - e).abs().max() / e.abs().max()).item() for a, e in zip(actual, expected))
 
 
+PRECISIONS = ("fp32", "amp")
+
+
+def _in_precision(fn: Callable[[], Any], device: torch.device, precision: str) -> Callable[[], Any]:
+    """``fn`` run in ``precision``: "fp32", or "amp" (autocast to float16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+    def run() -> Any:
+        amp = torch.autocast(device.type, dtype=torch.float16) if precision == "amp" else contextlib.nullcontext()
+        with amp:
+            return fn()
+
+    return run
+
+
 def race_rows(
     variants: Sequence[str] = ("D0", "D3"),
     batch_sizes: Sequence[int] = (1, 8),
@@ -260,39 +281,49 @@ def race_rows(
     sizes: Optional[Dict[str, Sequence[int]]] = None,
     config_root: str = "configs",
     on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
+    device: str = "cpu",
+    precisions: Sequence[str] = ("fp32",),
 ) -> List[Dict[str, Any]]:
     """Race ours against effdet's ``efficientdet_<variant>`` (PyTorch padding, the flavour
-    of our configs), on the CPU: for each variant, thread count and batch size, an
-    inference row and a training-step row (see the module docstring).
+    of our configs): for each variant, thread count (CPU) or precision (GPU) and batch
+    size, an inference row and a training-step row (see the module docstring).
 
     Args:
         sizes: input ``[H, W]`` per variant (default: the config's, e.g. 512 for D0); effdet
             builds its anchors and BiFPN for that size.
         repeats, warmup: measured and discarded rounds of :func:`interleaved_times`.
         on_row: called with each row as it is measured.
+        device: "cpu" or "cuda"; on "cuda" ``threads`` is ignored.
+        precisions: "fp32" and/or "amp" (float16 autocast; "amp" needs ``device="cuda"``).
     Returns:
         rows with milliseconds per contestant (medians) and ``ours / effdet best`` ratios.
     """
     effdet = _import_effdet()
-    device = torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cpu" and "amp" in precisions:
+        raise ValueError("precision 'amp' is raced on a GPU only (device='cuda')")
+    if device.type == "cuda":
+        threads = [torch.get_num_threads()]
     rows = []
     for variant in variants:
         name = f"efficientdet_{variant.lower()}"
         size = list((sizes or {}).get(variant) or effdet.get_efficientdet_config(name).image_size)
         reference, ours = build_pair(variant, name, device, config_root, size)
-        difference = _relative_difference(reference, ours, torch.randn(1, 3, *size))
+        difference = _relative_difference(reference, ours, torch.randn(1, 3, *size, device=device))
         for num_threads in threads:
             torch.set_num_threads(num_threads)
-            for batch in batch_sizes:
-                contestants = _Contestants(reference, ours, _pixels(batch, size))
+            for batch, precision in [(b, p) for b in batch_sizes for p in precisions]:
+                contestants = _Contestants(reference, ours, _pixels(batch, size).to(device))
                 phases = (("inference", contestants.inference()), ("training step", contestants.training()))
                 for phase, fns in phases:
+                    fns = {name: _in_precision(fn, device, precision) for name, fn in fns.items()}
                     with torch.no_grad() if phase == "inference" else torch.enable_grad():
-                        times = interleaved_times(fns, repeats, warmup)
+                        times = interleaved_times(fns, repeats, warmup, device=device)
                     ms = {k: 1000 * median(v) for k, v in times.items()}
                     best = min(ms["effdet"], ms["effdet channels-last"])
-                    row = {"variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch,
-                           "threads": num_threads, "phase": phase, **{f"{k} ms": v for k, v in ms.items()},
+                    where = {"threads": num_threads} if device.type == "cpu" else {"device": device.type}
+                    row = {"variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch, **where,
+                           "precision": precision, "phase": phase, **{f"{k} ms": v for k, v in ms.items()},
                            "ours / effdet best": ms["ours"] / best}
                     if "ours folded" in ms:
                         row["ours folded / effdet best"] = ms["ours folded"] / best

@@ -42,8 +42,11 @@ BIFPN_BEFORE: Dict[str, str] = {
     "MODEL.BIFPN.ACTIVATION": "swish",
     "MODEL.BIFPN.RESIDUAL": "False",
 }
-# What the study found; the shipped BiFPN config equals it.
-BIFPN_AFTER: Dict[str, str] = dict(BIFPN_BEFORE)
+# What the study found; the shipped BiFPN config equals it: residual cells (each cell
+# starts as the identity, so three cells train like one and then grow) and learned P6/P7.
+BIFPN_AFTER: Dict[str, str] = dict(
+    BIFPN_BEFORE, **{"MODEL.BIFPN.RESIDUAL": "True", "MODEL.BIFPN.TOP_BLOCK": "p6p7_c5"}
+)
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,19 @@ _BIFPN_ARMS = [
      {"RESIDUAL": "True"}),
     ("residual_cells6", "depth", "6 residual cells (GFLOPs still below the FPN)",
      {"RESIDUAL": "True", "NUM_CELLS": "6"}),
-    ("residual_top_p6p7_c5", "depth", "residual cells and learned P6/P7 from C5",
-     {"RESIDUAL": "True", "TOP_BLOCK": "p6p7_c5"}),
 ]
-ARMS: List[Arm] = [
-    Arm("fpn", "reference", "Detectron2's FPN: P6/P7 convs from C5, sum fusion, GN, width 128", FPN_CONFIG)
-] + [_bifpn(name, group, question, BIFPN_BEFORE, **changes) for name, group, question, changes in _BIFPN_ARMS]
+_FPN = Arm("fpn", "reference", "Detectron2's FPN: P6/P7 convs from C5, sum fusion, GN, width 128", FPN_CONFIG)
+_AFTER = Arm("bifpn_after", "reference", "the main job's BiFPN after the study", BIFPN_CONFIG, BIFPN_AFTER)
+
+
+def _longer(arm: Arm, factor: int = 4, eval_points: int = 8) -> Arm:
+    """``arm`` trained ``factor`` times longer, evaluated ``eval_points`` times on the way."""
+    question = f"{arm.name} trained {factor}x longer, AP measured {eval_points} times"
+    return Arm(f"{arm.name}_{factor}x", "schedule", question, arm.config, arm.overrides, factor, eval_points)
+
+
+_BIFPN = [_bifpn(name, group, question, BIFPN_BEFORE, **changes) for name, group, question, changes in _BIFPN_ARMS]
+ARMS: List[Arm] = [_FPN, _AFTER] + _BIFPN + [_longer(arm) for arm in (_FPN, _BIFPN[0], _AFTER)]
 GROUPS = sorted({arm.group for arm in ARMS})
 
 
