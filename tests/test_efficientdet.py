@@ -260,6 +260,18 @@ def test_comparison_tool_runs(tmp_path):
     assert all(float(r["ours / effdet best"]) > 0 for r in rows)
     assert float(rows[0]["output difference (relative)"]) < 1e-4
     assert (tmp_path / "race.md").read_text().startswith("| variant |") and (tmp_path / "size.csv").is_file()
+    assert {r["precision"] for r in rows} == {"fp32"} and {r["threads"] for r in rows} == {"1"}
+
+
+def test_race_precision_is_checked():
+    """Mixed precision is raced on a GPU only; an unknown precision names the allowed ones."""
+    from bifpn_d2.benchmark.efficientdet_race import _in_precision, race_rows
+
+    with pytest.raises(ValueError, match="GPU only"):
+        race_rows(["D0"], device="cpu", precisions=["amp"])
+    with pytest.raises(ValueError, match=r"\('fp32', 'amp'\)"):
+        _in_precision(lambda: None, torch.device("cpu"), "bf16")
+    assert _in_precision(lambda: 3, torch.device("cpu"), "fp32")() == 3
 
 
 def read_rows(path):

@@ -198,10 +198,13 @@ class _Contestants:
         reference_cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
         self.predict = effdet.DetBenchPredict(reference).eval()
         self.predict_cl = effdet.DetBenchPredict(reference_cl).eval()
-        # .to(device): the benches' anchors are built on the CPU
-        self.train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True).to(device).train()
-        self.train_cl = effdet.DetBenchTrain(copy.deepcopy(reference_cl), create_labeler=True).to(device).train()
-        self.predict, self.predict_cl = self.predict.to(device), self.predict_cl.to(device)
+        # .to(device): the benches build their anchors on the CPU
+        self.train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True)
+        self.train_cl = effdet.DetBenchTrain(copy.deepcopy(reference_cl), create_labeler=True)
+        for bench in (self.predict, self.predict_cl, self.train, self.train_cl):
+            bench.to(device)
+        self.train.train()
+        self.train_cl.train()
         self.ours = ours.eval()
         self.folded = fold_for_inference(ours)
         self.ours_train = copy.deepcopy(ours).train()
@@ -265,8 +268,8 @@ def _in_precision(fn: Callable[[], Any], device: torch.device, precision: str) -
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
     def run() -> Any:
-        amp = torch.autocast(device.type, dtype=torch.float16) if precision == "amp" else contextlib.nullcontext()
-        with amp:
+        amp = precision == "amp"
+        with torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
             return fn()
 
     return run

@@ -115,7 +115,8 @@ def _longer(arm: Arm, factor: int = 4, eval_points: int = 8) -> Arm:
     return Arm(f"{arm.name}_{factor}x", "schedule", question, arm.config, arm.overrides, factor, eval_points)
 
 
-_BIFPN = [_bifpn(name, group, question, BIFPN_BEFORE, **changes) for name, group, question, changes in _BIFPN_ARMS]
+_BIFPN = [_bifpn(name, group, question, BIFPN_BEFORE, **changes)
+          for name, group, question, changes in _BIFPN_ARMS]
 ARMS: List[Arm] = [_FPN, _AFTER] + _BIFPN + [_longer(arm) for arm in (_FPN, _BIFPN[0], _AFTER)]
 GROUPS = sorted({arm.group for arm in ARMS})
 
