@@ -360,11 +360,11 @@ def test_main_job_quick(tmp_path, env):
 
 
 def test_neck_study_quick(tmp_path, env):
-    """Arms by name and group, two seeds each, side by side: the table, its CSV and the
-    plots (fusion weights need the fast normalized and softmax arms); a second call reuses
-    every finished run."""
+    """Arms by name, two seeds each, side by side: the table, its CSV and the plots (fusion
+    weights need the fast normalized and softmax arms); a second call reuses every finished
+    run; --report-only with a group tabulates the finished runs of that group, training none."""
     output_dir = tmp_path / "study"
-    args = ["--quick", "--arms", "reference", "fusion_softmax", "--seeds", "0", "1", "--jobs", "2",
+    args = ["--quick", "--arms", "fpn", "bifpn_before", "fusion_softmax", "--seeds", "0", "1", "--jobs", "2",
             "--output-dir", str(output_dir)]
     result = run_tool("neck_study.py", args, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -376,6 +376,10 @@ def test_neck_study_quick(tmp_path, env):
     assert (output_dir / "fpn" / "seed1" / "metrics.json").is_file()
     again = run_tool("neck_study.py", args, env)
     assert again.returncode == 0 and again.stdout.count("done before, reusing") == 6
+    report = run_tool("neck_study.py", ["--quick", "--arms", "reference", "--seeds", "0", "1", "--report-only",
+                                        "--output-dir", str(output_dir)], env)
+    assert report.returncode == 0 and "start " not in report.stdout, report.stdout[-3000:] + report.stderr[-3000:]
+    assert [r["model"] for r in read_csv_rows(output_dir / "neck_study.csv")] == ["fpn", "bifpn_before"]
 
 
 def read_csv_rows(path: Path) -> list:
