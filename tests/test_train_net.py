@@ -376,9 +376,10 @@ def test_neck_study_quick(tmp_path, env):
     assert (output_dir / "fpn" / "seed1" / "metrics.json").is_file()
     again = run_tool("neck_study.py", args, env)
     assert again.returncode == 0 and again.stdout.count("done before, reusing") == 6
-    report = run_tool("neck_study.py", ["--quick", "--arms", "reference", "--seeds", "0", "1", "--report-only",
-                                        "--output-dir", str(output_dir)], env)
-    assert report.returncode == 0 and "start " not in report.stdout, report.stdout[-3000:] + report.stderr[-3000:]
+    report_args = ["--quick", "--arms", "reference", "--seeds", "0", "1", "--report-only"]
+    report = run_tool("neck_study.py", report_args + ["--output-dir", str(output_dir)], env)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert "start " not in report.stdout
     assert [r["model"] for r in read_csv_rows(output_dir / "neck_study.csv")] == ["fpn", "bifpn_before"]
 
 
