@@ -168,6 +168,23 @@ def check_shapes(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]
                          + "; ".join(wrong[:5]))
 
 
+class Report(NamedTuple):
+    """What a conversion left out: target keys the file lacks, file keys the target lacks."""
+
+    missing: List[str]
+    unexpected: List[str]
+
+
+def _report(
+    converted: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor], unconverted: Sequence[str] = ()
+) -> Report:
+    """Check the shapes of ``converted`` against ``target`` (see :func:`check_shapes`) and
+    list the keys each lacks; ``unconverted`` source keys count as unexpected."""
+    check_shapes(converted, target)
+    missing = sorted(set(target) - set(converted))
+    return Report(missing, sorted(set(converted) - set(target)) + list(unconverted))
+
+
 def convert_effdet_detector(
     state: Dict[str, torch.Tensor],
     model: nn.Module,
@@ -213,18 +230,8 @@ def convert_effdet_detector(
         if is_output:
             value = _output_channels(value, key.split(".")[0], keep_classes, num_classes)
         converted[new_key] = value
-    target = model.state_dict()
-    check_shapes(converted, target)
-    missing = sorted(set(target) - set(converted))
-    unexpected = sorted(set(converted) - set(target)) + unconverted
+    missing, unexpected = _report(converted, model.state_dict(), unconverted)
     return converted, missing, unexpected
-
-
-class Report(NamedTuple):
-    """What a conversion left out: target keys the file lacks, file keys the target lacks."""
-
-    missing: List[str]
-    unexpected: List[str]
 
 
 def torchvision_to_timm(state: Dict[str, torch.Tensor], model_name: str) -> Dict[str, torch.Tensor]:
@@ -269,8 +276,7 @@ def convert_efficientnet(
         raise ValueError("neither timm (conv_stem.*) nor torchvision (features.*) EfficientNet names")
     body = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     target = timm.create_model(model_name, pretrained=False, features_only=True).state_dict()
-    check_shapes(body, target)
-    report = Report(sorted(set(target) - set(body)), sorted(set(body) - set(target)))
+    report = _report(body, target)
     if to == "detectron2":
         body = {BODY_PREFIX + k: v for k, v in body.items()}
     return body, report
@@ -280,9 +286,7 @@ def convert_effdet(state: Dict[str, torch.Tensor], model: BiFPN) -> Tuple[Dict[s
     """(b): an effdet ``EfficientDet`` state dict -> a Detectron2 checkpoint of ``model``
     (keys ``backbone.*``). Unexpected keys include effdet's heads."""
     converted, unconverted = convert_effdet_state_dict(strip_bench_prefix(state), model)
-    target = model.state_dict()
-    check_shapes(converted, target)
-    report = Report(sorted(set(target) - set(converted)), sorted(set(converted) - set(target)) + unconverted)
+    report = _report(converted, model.state_dict(), unconverted)
     return {"backbone." + k: v for k, v in converted.items()}, report
 
 

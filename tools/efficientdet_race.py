@@ -19,7 +19,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from bifpn_d2.benchmark import format_value, markdown_table, parse_size, write_csv, write_text
-from bifpn_d2.benchmark.efficientdet_race import VARIANTS, race_rows, size_rows
+from bifpn_d2.benchmark.efficientdet_race import PRECISIONS, VARIANTS, race_rows, size_rows
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
     race.add_argument("--repeats", type=int, default=5)
     race.add_argument("--warmup", type=int, default=2)
     race.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    race.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "amp"],
+    race.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
                       help="amp: float16 autocast, on --device cuda")
     race.add_argument("--size", type=parse_size, default=None,
                       help="input size N or HxW for every variant (default: each config's)")

@@ -88,13 +88,14 @@ def main(argv=None) -> None:
         ensure_generated(name)
     results = arm_runs(arms, args.seeds, output_dir, base_opts, schedule)
     say(f"{len(arms)} arms x {len(args.seeds)} seeds, {args.jobs} at a time, {args.threads} thread(s) each")
-    if args.report_only:
+    if args.report_only:  # is_done() reads each finished run's metrics
         results = [(arm, run) for arm, run in results if run.is_done()]
         arms = [arm for arm in arms if any(a is arm for a, _ in results)]
         if not results:
             parser.error(f"--report-only: no finished run in {output_dir}")
-    longest_first = sorted(results, key=lambda pair: -pair[0].iters_factor)
-    run_all([run for _, run in longest_first], args.jobs, args.threads, say)
+    else:
+        longest_first = sorted(results, key=lambda pair: -pair[0].iters_factor)
+        run_all([run for _, run in longest_first], args.jobs, args.threads, say)
 
     costs = {}
     for arm in arms:

@@ -24,6 +24,7 @@ Not imported by ``import bifpn_d2``; needs ``effdet``.
 """
 import contextlib
 import copy
+import itertools
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -38,9 +39,11 @@ from ..engine.config import load_config
 from ..export import raw_inference
 from ..modeling.fold import fold_for_inference
 from .measure import count_flops, count_parameters, interleaved_times, median
+from .zoo import EFFICIENTDET_PAPER
 
 __all__ = [
     "PAPER",
+    "PRECISIONS",
     "RACE_TARGET",
     "VARIANTS",
     "build_pair",
@@ -51,11 +54,10 @@ __all__ = [
 
 VARIANTS = ("D0", "D1", "D2", "D3", "D4", "D5", "D6", "D7", "D7x")
 # Published (params M, GFLOPs): the paper's Table 2 for D0-D7, google/automl's README for D7x.
-PAPER = {
-    "D0": (3.9, 2.54), "D1": (6.6, 6.10), "D2": (8.1, 11.0), "D3": (12.0, 24.9), "D4": (20.7, 55.2),
-    "D5": (33.7, 130.0), "D6": (51.9, 226.0), "D7": (51.9, 325.0), "D7x": (77.0, 410.0),
-}
+PAPER = {f"D{phi}": (params, gflops) for phi, (_, params, gflops, _) in EFFICIENTDET_PAPER.items()}
+PAPER["D7x"] = (77.0, 410.0)
 RACE_TARGET = 0.7  # ours / effdet's best, every row
+PRECISIONS = ("fp32", "amp")  # "amp": float16 autocast (on a GPU)
 # Ground-truth boxes of every image of the training step, as fractions of (W, H, W, H).
 _BOXES = torch.tensor([[0.1, 0.1, 0.3, 0.25], [0.4, 0.3, 0.8, 0.7], [0.05, 0.5, 0.95, 0.98]])
 _CLASSES = torch.tensor([0, 1, 2])
@@ -183,31 +185,38 @@ def _pixels(batch: int, size: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(seed)) * 255
 
 
-class _Contestants:
-    """The callables of one race (one variant, size and batch): each runs one inference or
-    one training step from the same pixels."""
+class _Networks:
+    """Both detectors in every form a race times, built once per variant on ``device``:
+    effdet's prediction and training benches, as shipped and channels-last; ours, folded,
+    and a copy in training mode."""
 
-    def __init__(self, reference: nn.Module, ours: nn.Module, pixels: torch.Tensor):
+    def __init__(self, reference: nn.Module, ours: nn.Module, device: torch.device):
         effdet = _import_effdet()
-        device = pixels.device
-        height, width = pixels.shape[-2:]
-        self.mean = ours.pixel_mean.view(1, 3, 1, 1)
-        self.std = ours.pixel_std.view(1, 3, 1, 1)
-        self.pixels = pixels
-        self.pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
         reference_cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
-        self.predict = effdet.DetBenchPredict(reference).eval()
-        self.predict_cl = effdet.DetBenchPredict(reference_cl).eval()
         # .to(device): the benches build their anchors on the CPU
-        self.train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True)
-        self.train_cl = effdet.DetBenchTrain(copy.deepcopy(reference_cl), create_labeler=True)
-        for bench in (self.predict, self.predict_cl, self.train, self.train_cl):
-            bench.to(device)
-        self.train.train()
-        self.train_cl.train()
+        self.predict = effdet.DetBenchPredict(reference).to(device).eval()
+        self.predict_cl = effdet.DetBenchPredict(reference_cl).to(device).eval()
+        self.train, self.train_cl = (
+            effdet.DetBenchTrain(copy.deepcopy(model), create_labeler=True).to(device).train()
+            for model in (reference, reference_cl)
+        )
         self.ours = ours.eval()
         self.folded = fold_for_inference(ours)
         self.ours_train = copy.deepcopy(ours).train()
+        self.mean = ours.pixel_mean.view(1, 3, 1, 1)
+        self.std = ours.pixel_std.view(1, 3, 1, 1)
+
+
+class _Contestants:
+    """The callables of one race (one variant, size and batch): each runs one inference or
+    one training step of ``networks`` from the same pixels."""
+
+    def __init__(self, networks: _Networks, pixels: torch.Tensor):
+        device = pixels.device
+        height, width = pixels.shape[-2:]
+        self.net = networks
+        self.pixels = pixels
+        self.pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
         scale = torch.tensor([width, height, width, height], dtype=torch.float)
         boxes, classes = (_BOXES * scale).to(device), _CLASSES.to(device)
         batch = len(pixels)
@@ -219,15 +228,15 @@ class _Contestants:
 
     def _normalised(self, channels_last: bool) -> torch.Tensor:
         pixels = self.pixels_cl if channels_last else self.pixels
-        return (pixels - self.mean) / self.std
+        return (pixels - self.net.mean) / self.net.std
 
     def inference(self) -> Dict[str, Callable[[], Any]]:
         images = [{"image": x["image"]} for x in self.inputs]
         return {
-            "effdet": lambda: self.predict(self._normalised(False)),
-            "effdet channels-last": lambda: self.predict_cl(self._normalised(True)),
-            "ours": lambda: raw_inference(self.ours, images),
-            "ours folded": lambda: raw_inference(self.folded, images),
+            "effdet": lambda: self.net.predict(self._normalised(False)),
+            "effdet channels-last": lambda: self.net.predict_cl(self._normalised(True)),
+            "ours": lambda: raw_inference(self.net.ours, images),
+            "ours folded": lambda: raw_inference(self.net.folded, images),
         }
 
     def training(self) -> Dict[str, Callable[[], Any]]:
@@ -236,14 +245,14 @@ class _Contestants:
             bench(self._normalised(channels_last), self.target)["loss"].backward()
 
         def our_step() -> None:
-            self.ours_train.zero_grad(set_to_none=True)
+            self.net.ours_train.zero_grad(set_to_none=True)
             with EventStorage():
-                losses = self.ours_train(self.inputs)
+                losses = self.net.ours_train(self.inputs)
             sum(losses.values()).backward()
 
         return {
-            "effdet": lambda: effdet_step(self.train, False),
-            "effdet channels-last": lambda: effdet_step(self.train_cl, True),
+            "effdet": lambda: effdet_step(self.net.train, False),
+            "effdet channels-last": lambda: effdet_step(self.net.train_cl, True),
             "ours": our_step,
         }
 
@@ -259,16 +268,14 @@ def _relative_difference(reference: nn.Module, ours: nn.Module, x: torch.Tensor)
     return max(((a - e).abs().max() / e.abs().max()).item() for a, e in zip(actual, expected))
 
 
-PRECISIONS = ("fp32", "amp")
-
-
 def _in_precision(fn: Callable[[], Any], device: torch.device, precision: str) -> Callable[[], Any]:
     """``fn`` run in ``precision``: "fp32", or "amp" (autocast to float16)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
+    amp = precision == "amp"
+
     def run() -> Any:
-        amp = precision == "amp"
         with torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
             return fn()
 
@@ -301,6 +308,9 @@ def race_rows(
     Returns:
         rows with milliseconds per contestant (medians) and ``ours / effdet best`` ratios.
     """
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"precisions must be among {PRECISIONS}, got {unknown}")
     effdet = _import_effdet()
     device = torch.device(device)
     if device.type == "cpu" and "amp" in precisions:
@@ -313,18 +323,19 @@ def race_rows(
         size = list((sizes or {}).get(variant) or effdet.get_efficientdet_config(name).image_size)
         reference, ours = build_pair(variant, name, device, config_root, size)
         difference = _relative_difference(reference, ours, torch.randn(1, 3, *size, device=device))
+        networks = _Networks(reference, ours, device)
         for num_threads in threads:
             torch.set_num_threads(num_threads)
-            for batch, precision in [(b, p) for b in batch_sizes for p in precisions]:
-                contestants = _Contestants(reference, ours, _pixels(batch, size).to(device))
+            where = {"threads": num_threads} if device.type == "cpu" else {"device": device.type}
+            for batch in batch_sizes:
+                contestants = _Contestants(networks, _pixels(batch, size).to(device))
                 phases = (("inference", contestants.inference()), ("training step", contestants.training()))
-                for phase, fns in phases:
-                    fns = {name: _in_precision(fn, device, precision) for name, fn in fns.items()}
+                for precision, (phase, fns) in itertools.product(precisions, phases):
+                    fns = {label: _in_precision(fn, device, precision) for label, fn in fns.items()}
                     with torch.no_grad() if phase == "inference" else torch.enable_grad():
                         times = interleaved_times(fns, repeats, warmup, device=device)
                     ms = {k: 1000 * median(v) for k, v in times.items()}
                     best = min(ms["effdet"], ms["effdet channels-last"])
-                    where = {"threads": num_threads} if device.type == "cpu" else {"device": device.type}
                     row = {"variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch, **where,
                            "precision": precision, "phase": phase, **{f"{k} ms": v for k, v in ms.items()},
                            "ours / effdet best": ms["ours"] / best}

@@ -25,7 +25,6 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import GeneralizedRCNN
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ensure_generated
 from .config import ConfigError
@@ -114,8 +113,6 @@ def check_evaluation(cfg: CfgNode, model: nn.Module, num_machines: int = 1) -> N
             if evaluator.one_machine and num_machines > 1:
                 raise ConfigError(f"the Cityscapes evaluators of {dataset_name!r} work on one machine only")
     if cfg.TEST.AUG.ENABLED:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
         if not isinstance(model, GeneralizedRCNN):
             raise ConfigError(
                 "TEST.AUG.ENABLED (test-time augmentation, Detectron2's GeneralizedRCNNWithTTA) needs "

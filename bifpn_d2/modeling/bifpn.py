@@ -102,11 +102,11 @@ class BiFPN(PyramidBackbone):
             raise ValueError(f"max_level={max_level} is below the last input level {levels[-1]}")
         if max_level - levels[0] + 1 < 3:
             raise ValueError(f"BiFPN needs at least 3 levels, got P{levels[0]}-P{max_level}")
-        super().__init__(bottom_up, in_features, out_channels, max_level - levels[-1], size_divisibility)
+        num_extra = max_level - levels[-1]  # levels made by the top block
+        super().__init__(bottom_up, in_features, out_channels, num_extra, size_divisibility)
         style = LayerStyle(norm, norm_eps, norm_momentum, same_padding, bias_before_norm)
         in_shapes = bottom_up.output_shape()
         in_channels = [in_shapes[f].channels for f in in_features]
-        num_extra = max_level - levels[-1]
         if top_block is None and num_extra > 0:
             top_block = EfficientDetTopBlock(in_channels[-1], out_channels, num_extra, in_features[-1], style)
         self.check_top_block(top_block, list(in_shapes))
@@ -126,8 +126,8 @@ class BiFPN(PyramidBackbone):
 
     def _init_weights(self, conv_init: str) -> None:
         """Convs of the cells per ``conv_init``, with zero bias; norms and fusion weights
-        keep their 1/0 and 1 initialisation, except the output norms of residual cells
-        (scale 0). The top block initialises itself."""
+        keep their initialisation (1/0 and 1; residual cells zero their output norms'
+        scales). The top block initialises itself."""
         for m in self.cells.modules():
             if isinstance(m, nn.Conv2d):
                 if conv_init == "xavier_uniform":
@@ -136,8 +136,6 @@ class BiFPN(PyramidBackbone):
                     weight_init.c2_xavier_fill(m)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        for cell in self.cells:
-            cell.zero_init_residual()
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """

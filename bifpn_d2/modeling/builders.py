@@ -50,8 +50,6 @@ class Flavour:
 FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5.
 BIFPN_TOP_BLOCKS = ("efficientdet", "p6p7_c5")
-# MODEL.FPN.NORM goes to Detectron2's get_norm (lateral and output convs), which knows these.
-_D2_NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
 
 
 @BACKBONE_REGISTRY.register()
@@ -213,7 +211,7 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     size_divisibility = _size_divisibility(cfg)
     top_name = fc.TOP_BLOCK or FLAVOURS[flavour].fpn_top_block
     check_choice("MODEL.FPN.TOP_BLOCK", top_name, TOP_BLOCKS + ("",))
-    check_choice("MODEL.FPN.NORM", fc.NORM, _D2_NORMS)
+    check_choice("MODEL.FPN.NORM", fc.NORM, NORMS)  # the names of Detectron2's get_norm
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
     # Detectron2's P6/P7 are two levels whatever the flavour; EfficientDet's fill the flavour.

@@ -101,8 +101,8 @@ class PyramidCell(nn.Module):
             style: norms, conv biases and max-pool padding (see :class:`LayerStyle`).
             residual: add each input to the cell's output at its level (an identity
                 path through the cell), when every input already has ``out_channels``
-                channels; otherwise the cell stays plain. :meth:`zero_init_residual`
-                then makes the cell start as the identity.
+                channels; otherwise the cell stays plain. A residual cell starts as the
+                identity: the norm ending each output node has its scale set to zero.
         """
         super().__init__()
         num_levels = len(in_channels)
@@ -134,14 +134,13 @@ class PyramidCell(nn.Module):
         if unfused:
             raise ValueError(f"levels {unfused} have no fused node to bring them to {out_channels} channels")
         self.residual = residual and all(c == out_channels for c in in_channels)
+        if self.residual:
+            self._zero_output_norms()
 
-    def zero_init_residual(self) -> None:
-        """Zero the scale of the norm that ends each output node of a residual cell, so
-        that the cell computes the identity at initialisation (as ResNets zero the last
-        norm of each block) and learns its change from there. No-op for plain cells or
-        norms without a scale."""
-        if not self.residual:
-            return
+    def _zero_output_norms(self) -> None:
+        """Zero the scale of the norm that ends each output node, so that the residual
+        cell computes the identity at initialisation (as ResNets zero the last norm of
+        each block) and learns its change from there. Norms without a scale are left."""
         num_inputs = len(self.output_ids)
         for node_id in self.output_ids:
             norm = self.nodes[node_id - num_inputs].conv.norm
