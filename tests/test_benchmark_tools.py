@@ -1,4 +1,4 @@
-"""The speed and comparison tools: ``bifpn_d2.benchmark`` at tiny sizes, each script run
+"""The speed and comparison tools: ``benchmarks`` at tiny sizes, each script run
 once as a user would to check the files it writes, and ``fold_for_inference`` keeping
 outputs equal. No timing is asserted."""
 
@@ -14,8 +14,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone, build_model
 from torch import nn
 
-from bifpn_d2 import BiFPN, FrozenFusion, fold_for_inference
-from bifpn_d2.benchmark import (
+from benchmarks import (
     benchmark_device,
     collect_panels,
     config_rows,
@@ -29,6 +28,7 @@ from bifpn_d2.benchmark import (
     subject_config,
     time_models,
 )
+from bifpn_d2 import BiFPN, FrozenFusion, fold_for_inference
 from bifpn_d2.engine.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

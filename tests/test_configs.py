@@ -177,8 +177,8 @@ def test_lazy_config_matches_yaml_twin(lazy, yaml):
 def test_synthetic_bifpn_config_is_the_neck_study_result():
     """The main job's BiFPN is the study's ``bifpn_after`` arm: the config's MODEL.BIFPN
     equals the config with every studied key set from BIFPN_AFTER."""
+    from benchmarks.neck_study import ARMS, BIFPN_AFTER, BIFPN_CONFIG
     from bifpn_d2.engine.config import load_config
-    from bifpn_d2.engine.neck_study import ARMS, BIFPN_AFTER, BIFPN_CONFIG
 
     root = Path(__file__).resolve().parents[1]
     shipped = load_config(str(root / BIFPN_CONFIG))

@@ -265,7 +265,7 @@ def test_comparison_tool_runs(tmp_path):
 
 def test_race_precision_is_checked():
     """Mixed precision is raced on a GPU only; an unknown precision names the allowed ones."""
-    from bifpn_d2.benchmark.efficientdet_race import _in_precision, race_rows
+    from benchmarks.efficientdet_race import _in_precision, race_rows
 
     with pytest.raises(ValueError, match="GPU only"):
         race_rows(["D0"], device="cpu", precisions=["amp"])

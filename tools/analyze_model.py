@@ -28,9 +28,8 @@ from typing import Dict, Optional, Sequence
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.logger import setup_logger
 
-from bifpn_d2.benchmark import parse_size
 from bifpn_d2.engine import exit_on_config_error, load_config, script_parser
-from bifpn_d2.engine.analysis import TASKS, analysis_inputs, analyze
+from bifpn_d2.engine.analysis import TASKS, analysis_inputs, analyze, parse_size
 from bifpn_d2.engine.config import build_checked_model
 
 logger = logging.getLogger("bifpn_d2.analyze_model")

@@ -11,10 +11,10 @@ device, input size and batch size it measures:
 - training-step time (train mode, forward + backward of the summed losses for a model,
   of the summed outputs for a backbone; random images with three boxes each);
 - peak memory of one inference and one training step (CPU: PyTorch profiler allocation
-  trace; CUDA: ``max_memory_allocated``; see ``bifpn_d2.benchmark.MEMORY_METHODS``).
+  trace; CUDA: ``max_memory_allocated``; see ``benchmarks.MEMORY_METHODS``).
 
 Times are medians of ``--repeats`` runs after ``--warmup`` runs (the measurements are
-:mod:`bifpn_d2.benchmark.sweep`). Writes
+:mod:`benchmarks.sweep`). Writes
 ``benchmark.csv``, ``benchmark.md`` and ``benchmark.png`` to ``--output-dir``.
 
 Examples::
@@ -29,11 +29,14 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from bifpn_d2.benchmark import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks import (
     COMPONENTS,
     MEMORY_METHODS,
     benchmark_device,

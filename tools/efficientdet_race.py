@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Our EfficientDet against effdet's, in one process (see bifpn_d2.benchmark.efficientdet_race).
+"""Our EfficientDet against effdet's, in one process (see benchmarks.efficientdet_race).
 
     # parameters and FLOPs of D0-D7x, ours vs effdet's tf_efficientdet_* vs the paper
     python tools/efficientdet_race.py size --output-dir output/efficientdet_size
@@ -16,10 +16,14 @@ Run the race on an otherwise idle machine, with no more threads than free cores.
 """
 import argparse
 import os
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from bifpn_d2.benchmark import format_value, markdown_table, parse_size, write_csv, write_text
-from bifpn_d2.benchmark.efficientdet_race import PRECISIONS, VARIANTS, race_rows, size_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks import format_value, markdown_table, parse_size, write_csv, write_text
+from benchmarks.efficientdet_race import PRECISIONS, VARIANTS, race_rows, size_rows
 
 
 def get_parser() -> argparse.ArgumentParser:

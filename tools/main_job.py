@@ -29,11 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-from bifpn_d2.benchmark import markdown_table, write_csv, write_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks import markdown_table, write_csv, write_text
+from benchmarks.comparison import RECORD, ROOT, Run, measure_cost, run_all, schedule_overrides, summarize
+from benchmarks.plots import plot_comparison
 from bifpn_d2.data import TINY_OVERRIDES, ensure_generated
 from bifpn_d2.engine import ConfigError, load_config
-from bifpn_d2.engine.comparison import RECORD, ROOT, Run, measure_cost, run_all, schedule_overrides, summarize
-from bifpn_d2.engine.plots import plot_comparison
 
 NECKS = {
     "FPN": "configs/synthetic/RetinaNet-R18-FPN.yaml",

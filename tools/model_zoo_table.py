@@ -22,7 +22,7 @@ under configs/ without .yaml>``, ``<root>/<config name>``) or in the config's ow
 
 Writes ``model_zoo.csv``, ``model_zoo.md`` and ``ap_vs_gflops.png`` (AP against GFLOPs,
 as EfficientDet's Figure 1) to ``--output-dir``. The rows are built by
-:mod:`bifpn_d2.benchmark.zoo`.
+:mod:`benchmarks.zoo`.
 
 Example::
 
@@ -34,11 +34,14 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from bifpn_d2.benchmark import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks import (
     ZOO_COLUMNS,
     config_rows,
     default_configs,

@@ -27,7 +27,7 @@ Then, with the same threads:
   :data:`MEMORY_METHODS`).
 
 Ratios are ours / reference (< 1: ours is faster or smaller), next to the targets. The
-races themselves are :mod:`bifpn_d2.benchmark.race`; this script runs them and writes
+races themselves are :mod:`benchmarks.race`; this script runs them and writes
 ``race.csv``, ``race.md`` and ``race.png`` to ``--output-dir``.
 
 Example::
@@ -42,11 +42,14 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from bifpn_d2.benchmark import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks import (
     CASES,
     MEMORY_METHODS,
     markdown_table,

@@ -9,7 +9,7 @@ several seeds on the built-in dataset, then tabulate and plot mean and spread of
     python tools/neck_study.py --jobs 8 --output-dir output/neck_study_cuda MODEL.DEVICE cuda
 
 Arms are named or chosen by group (see ``--list``); they are defined in
-``bifpn_d2.engine.neck_study``. Runs go ``--jobs`` at a time with ``--threads`` each
+``benchmarks.neck_study``. Runs go ``--jobs`` at a time with ``--threads`` each
 (default: one single-thread run per core, which trains more iterations per second on a
 CPU than one run over all cores). A finished run is reused when its command has not
 changed, so the study can be interrupted and resumed, or extended by more seeds.
@@ -26,10 +26,12 @@ import os
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks.comparison import ROOT, measure_cost, run_all, schedule_overrides
+from benchmarks.neck_study import ARMS, GROUPS, arm_runs, fusion_speed, summarize_arms, write_report
 from bifpn_d2.data import TINY_OVERRIDES, ensure_generated
-from bifpn_d2.engine.comparison import ROOT, measure_cost, run_all, schedule_overrides
 from bifpn_d2.engine.config import ConfigError, load_config
-from bifpn_d2.engine.neck_study import ARMS, GROUPS, arm_runs, fusion_speed, summarize_arms, write_report
 
 QUICK_ITERS = 2
 

@@ -8,7 +8,7 @@ bars, one per input edge, labelled by the source (``P4 in``: the cell's input at
 ``P5 td``: the top-down node at P5, ``P4 out``: the cell's output at P4). Bar heights are
 :meth:`WeightedFusion.normalized_weights` (for ``fast_normalized`` and ``softmax`` they
 sum to about 1 per node). A :class:`WeightedFPN` with learnable fusion gets one panel for
-its top-down path. The reading and the figure are :mod:`bifpn_d2.benchmark.fusion_panels`.
+its top-down path. The reading and the figure are :mod:`benchmarks.fusion_panels`.
 
 Writes ``fusion_weights.png`` and ``fusion_weights.csv`` (one row per edge) to
 ``--output-dir``.
@@ -22,13 +22,16 @@ Example::
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from bifpn_d2.benchmark import collect_panels, edge_rows, plot_panels, write_csv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from benchmarks import collect_panels, edge_rows, plot_panels, write_csv
 from bifpn_d2.engine.config import load_config
 
 

@@ -21,9 +21,23 @@ from fvcore.nn import ActivationCountAnalysis, flop_count_table, parameter_count
 from ..data import ensure_generated
 from .config import ConfigError
 
-__all__ = ["TASKS", "analysis_inputs", "analyze", "count_report"]
+__all__ = ["TASKS", "analysis_inputs", "analyze", "count_report", "parse_size"]
 
 TASKS = ("flop", "activation", "parameter", "structure")
+
+
+def parse_size(text: str) -> List[int]:
+    """``"512"`` -> ``[512, 512]``, ``"800x1333"`` -> ``[800, 1333]`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size {text!r} is not N or HxW with positive integers")
+    return size
 
 
 def analysis_inputs(

@@ -4,8 +4,8 @@ and AP curves over training, and fusion weights over training. PNG files, no dis
 import math
 from typing import Dict, List, Sequence, Tuple
 
-from ..benchmark.report import _pyplot, save_figure
 from .comparison import METRICS, Run
+from .report import pyplot, save_figure
 
 __all__ = ["plot_ap_curves", "plot_arms", "plot_comparison", "plot_fusion_weights"]
 
@@ -28,7 +28,7 @@ def _ap_bars(ax, groups: Dict[str, Sequence[Run]], metrics: Sequence[Tuple[str, 
 
 def plot_comparison(groups: Dict[str, Sequence[Run]], path: str, title: str) -> str:
     """Left: training loss against iteration, one line per seed; right: the APs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     for i, (label, runs) in enumerate(groups.items()):
         for k, run in enumerate(runs):
@@ -57,7 +57,7 @@ def plot_arms(
 ) -> str:
     """AP and AP_large per arm (``rows`` from ``summarize``, in that order): bars are the
     means over seeds, dots the seeds, the dashed line the first row's mean."""
-    plt = _pyplot()
+    plt = pyplot()
     order = [str(r["model"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(order) + 1.8), sharey=True)
     for ax, (column, key) in zip(axes, [("AP", "bbox/AP"), ("AP_large", "bbox/APl")]):
@@ -82,7 +82,7 @@ def plot_arms(
 
 def plot_ap_curves(groups: Dict[str, Sequence[Run]], path: str, title: str) -> str:
     """AP against iteration, one line per run (runs evaluated during training)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (label, runs) in enumerate(groups.items()):
         for k, run in enumerate(runs):
@@ -100,7 +100,7 @@ def plot_fusion_weights(runs: Dict[str, Run], path: str, title: str, num_nodes: 
     """The normalised input weights of ``num_nodes`` nodes of the last cell over training,
     one panel per node, one line style per run (``{fusion method: run}``), as logged by
     :class:`~bifpn_d2.engine.hooks.FusionWeightLogger` (EfficientDet's Figure 6)."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = sorted(next(iter(runs.values())).scalars)
     last_cell = max(int(k.split(".cells.")[1].split(".")[0]) for k in keys)
     nodes: List[int] = sorted(

@@ -7,7 +7,7 @@ neck run without its bottom-up network, so that a neck can be timed alone.
 """
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -18,8 +18,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ..config import add_bifpn_config
-from ..engine.config import load_config
+from bifpn_d2.config import add_bifpn_config
+from bifpn_d2.engine.config import load_config
 
 __all__ = [
     "COMPONENTS",
@@ -27,26 +27,11 @@ __all__ = [
     "build_subject",
     "describe",
     "make_inputs",
-    "parse_size",
     "subject_config",
     "training_step",
 ]
 
 COMPONENTS = ("model", "backbone")
-
-
-def parse_size(text: str) -> List[int]:
-    """``"512"`` -> ``[512, 512]``, ``"800x1333"`` -> ``[800, 1333]`` (height x width)."""
-    parts = text.lower().split("x")
-    try:
-        size = [int(p) for p in parts]
-    except ValueError:
-        size = []
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size {text!r} is not N or HxW with positive integers")
-    return size
 
 
 def subject_config(config_file: str = "", opts: Sequence[str] = (), backbone: str = "") -> CfgNode:

@@ -145,7 +145,7 @@ def arm_runs(
 def summarize_arms(
     results: Sequence[Tuple[Arm, Run]], costs: Dict[str, Dict[str, float]], reference: str = "fpn"
 ) -> List[Dict[str, object]]:
-    """One row per arm (see :func:`~bifpn_d2.engine.comparison.summarize`) with its group,
+    """One row per arm (see :func:`~benchmarks.comparison.summarize`) with its group,
     cost (``costs[arm]``: GFLOPs, parameters) and the question it answers."""
     groups: Dict[str, List[Run]] = {}
     arms: Dict[str, Arm] = {}
@@ -189,8 +189,9 @@ def fusion_speed(
     interleaved runs in this process."""
     import torch
 
-    from ..benchmark import interleaved_times, median
-    from ..layers import WeightedFusion
+    from bifpn_d2.layers import WeightedFusion
+
+    from .measure import interleaved_times, median
 
     inputs = [torch.randn(4, channels, *size, requires_grad=True) for _ in range(3)]
     fusions = {m: WeightedFusion(3, m) for m in ("fast_normalized", "softmax", "sum")}
@@ -210,7 +211,7 @@ def write_report(
     title: str,
 ) -> List[Path]:
     """``neck_study.md`` / ``.csv`` and the PNGs into ``output_dir``; returns their paths."""
-    from ..benchmark.report import markdown_table, write_csv, write_text
+    from .report import markdown_table, write_csv, write_text
 
     groups: Dict[str, List[Run]] = {}
     for arm, run in results:

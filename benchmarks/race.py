@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import BiFPN, MaxPoolTopBlock, WeightedFPN, fold_for_inference
-from ..convert import convert_effdet_state_dict
+from bifpn_d2 import BiFPN, MaxPoolTopBlock, WeightedFPN, fold_for_inference
+from bifpn_d2.convert import convert_effdet_state_dict
+
 from .measure import count_parameters, interleaved_times, median, peak_memory_bytes
 from .models import PrecomputedFeatures
 

@@ -16,9 +16,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import CfgNode
 
-from ..engine.config import load_config
+from bifpn_d2.engine.analysis import parse_size
+from bifpn_d2.engine.config import load_config
+
 from .measure import count_flops, count_parameters, interleaved_times, median
-from .models import build_subject, make_inputs, parse_size
+from .models import build_subject, make_inputs
 from .report import plot_scatter, print_now
 
 __all__ = [

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
-from .. import BiFPN, FrozenFusion, PyramidCell, WeightedFPN
-from .report import _pyplot, save_figure
+from bifpn_d2 import BiFPN, FrozenFusion, PyramidCell, WeightedFPN
+
+from .report import pyplot, save_figure
 
 __all__ = ["Panel", "cell_nodes", "collect_panels", "edge_rows", "fpn_nodes", "fusion_weights", "plot_panels"]
 
@@ -86,7 +87,7 @@ def edge_rows(panels: List[Panel]) -> List[Dict[str, Any]]:
 def plot_panels(panels: List[Panel], path: str, title: str) -> str:
     """One row per panel: grouped bars, one group per node, one bar per input edge,
     coloured by the kind of its source. Returns ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     import matplotlib.patches
 
     width = max(sum(len(edges) + 1 for _, edges in nodes) for _, nodes in panels)

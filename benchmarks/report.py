@@ -78,7 +78,7 @@ def write_text(text: str, path: str) -> str:
     return path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +91,7 @@ def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
     """Write ``fig`` to ``path`` (creating its folder) and release it. Returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -105,7 +105,7 @@ def plot_bars(
 ) -> str:
     """Grouped bars: one group per category, one bar per series (NaN bars left empty);
     ``reference_lines`` draws labelled horizontal lines (e.g. targets). Returns ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(categories) + 2) + 2.0, 4.5))
     for k, (name, values) in enumerate(series.items()):
@@ -134,7 +134,7 @@ def plot_lines(
     """One panel per ``(ylabel, {series name: (x values, y values)})``, side by side, on a
     categorical x axis in the order ``x_order`` (default: sorted). NaN points are left
     out. Returns ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels):
         order = (
@@ -175,7 +175,7 @@ def plot_scatter(
     """Labelled points, one marker colour per group ``{group: [(label, x, y), ...]}``;
     groups named in ``connect`` are drawn as a line through their points in x order
     (a model family, as in EfficientDet's Figure 1). Returns ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for group, points in groups.items():
         points = sorted((p for p in points if not (math.isnan(p[1]) or math.isnan(p[2]))), key=lambda p: p[1])

@@ -10,9 +10,11 @@ from typing import Any, Callable, Dict, List, Sequence
 import torch
 from detectron2.config import CfgNode
 
-from .. import fold_for_inference
+from bifpn_d2 import fold_for_inference
+from bifpn_d2.engine.analysis import parse_size
+
 from .measure import count_flops, count_parameters, interleaved_times, median, peak_memory_bytes
-from .models import build_subject, make_inputs, parse_size, training_step
+from .models import build_subject, make_inputs, training_step
 from .report import plot_lines, print_now
 
 __all__ = ["benchmark_device", "measure_subject", "plot_sweep"]

@@ -34,10 +34,11 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ..convert import box_channel_order, convert_effdet_detector
-from ..engine.config import load_config
-from ..export import raw_inference
-from ..modeling.fold import fold_for_inference
+from bifpn_d2.convert import box_channel_order, convert_effdet_detector
+from bifpn_d2.engine.config import load_config
+from bifpn_d2.export import raw_inference
+from bifpn_d2.modeling.fold import fold_for_inference
+
 from .measure import count_flops, count_parameters, interleaved_times, median
 from .zoo import EFFICIENTDET_PAPER
 

@@ -40,7 +40,7 @@ METRICS = [
     ("AP_large", "bbox/APl"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "tools" / "train_net.py"
 RECORD = "comparison_run.json"  # the recipe a run directory was trained with
 
@@ -228,7 +228,7 @@ def measure_cost(cfg) -> Dict[str, float]:
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
 
-    from ..benchmark import count_flops, count_parameters
+    from .measure import count_flops, count_parameters
 
     cfg = cfg.clone()
     cfg.defrost()

@@ -1,15 +1,21 @@
-"""Measurement behind ``tools/benchmark.py``, ``tools/neck_race.py``,
-``tools/model_zoo_table.py`` and ``tools/plot_fusion_weights.py``. Not imported by
-``import bifpn_d2``.
+"""The lab: what the project measures itself with. Not part of the installed package
+(the wheel carries ``bifpn_d2`` only); it imports ``bifpn_d2``, never the other way round.
+The scripts in ``tools/`` that use it put the repository root on ``sys.path``; the tests
+get it from pytest's ``pythonpath`` setting.
 
 - :mod:`.measure`: interleaved timing, peak memory, FLOPs, parameters;
 - :mod:`.models`: configs, subjects (a model or a backbone) and their inputs;
 - :mod:`.report`: CSV, markdown tables and plots;
 - :mod:`.sweep`: one subject over devices, input sizes and batch sizes;
 - :mod:`.race`: our necks against effdet's and Detectron2's, neck alone;
+- :mod:`.efficientdet_race`: our EfficientDet against effdet's, whole detector;
 - :mod:`.zoo`: our configs next to Detectron2's model zoo and the EfficientDet paper;
-- :mod:`.fusion_panels`: the learned fusion weights of a model's necks.
+- :mod:`.fusion_panels`: the learned fusion weights of a model's necks;
+- :mod:`.comparison`, :mod:`.plots`, :mod:`.neck_study`: training several configs side by
+  side (the main job, the neck study) and their tables and plots.
 """
+
+from bifpn_d2.engine.analysis import parse_size
 
 from .fusion_panels import (
     Panel,
@@ -35,7 +41,6 @@ from .models import (
     build_subject,
     describe,
     make_inputs,
-    parse_size,
     subject_config,
     training_step,
 )
