@@ -6,7 +6,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 
-from bifpn_d2.data import register_synthetic_dataset
+from bifpn_d2.data import ensure_generated, register_synthetic_dataset
 from bifpn_d2.engine import (
     EVALUATOR_TYPES,
     ConfigError,
@@ -118,3 +118,64 @@ def test_training_then_tta(synthetic, tmp_path):
     assert set(results) == {"bbox", "bbox_TTA"}, results
     assert (tmp_path / "inference_TTA" / "evaluation_test_val").is_dir()
     assert set(Trainer.evaluate(cfg, trainer.model)) == {"bbox", "bbox_TTA"}
+
+
+def _ground_truth_as_predictions(name: str):
+    """The tiny split's inputs, and each image's ground truth written as a model's output:
+    instances (boxes, classes, masks, score 1), a semantic score map, panoptic segments."""
+    import numpy as np
+    import torch
+    from detectron2.data import detection_utils
+    from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    instances_of = {d["image_id"]: d for d in DatasetCatalog.get(name)}
+    semantic_of = {d["image_id"]: d for d in DatasetCatalog.get(name + "_sem_seg")}
+    for panoptic in DatasetCatalog.get(name + "_panoptic"):
+        image_id = panoptic["image_id"]
+        record = instances_of[image_id]
+        h, w = record["height"], record["width"]
+        annotations = record["annotations"]
+        instances = Instances((h, w))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
+        instances.scores = torch.ones(len(annotations))
+        masks = [mask_utils.decode(a["segmentation"]) for a in annotations]
+        instances.pred_masks = BitMasks(torch.from_numpy(np.stack(masks)).bool()).tensor
+        labels = np.asarray(Image.open(semantic_of[image_id]["sem_seg_file_name"]), dtype=np.int64)
+        sem_seg = torch.nn.functional.one_hot(torch.from_numpy(labels), 6).permute(2, 0, 1).float()
+        rgb = detection_utils.read_image(panoptic["pan_seg_file_name"], "RGB").astype(np.int64)
+        segment_ids = torch.from_numpy(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2])
+        segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+                    for s in panoptic["segments_info"]]
+        inputs = {"file_name": record["file_name"], "image_id": image_id, "height": h, "width": w}
+        outputs = {"instances": instances, "sem_seg": sem_seg, "panoptic_seg": (segment_ids, segments)}
+        yield inputs, outputs
+
+
+def test_every_task_of_the_synthetic_dataset_evaluates(tmp_path):
+    """Detectron2's evaluators run on a tiny split's instances (box and mask AP), semantic
+    maps (mIoU) and panoptic segments (PQ): its ground truth, given as predictions, scores 100."""
+    pytest.importorskip("panopticapi")
+    from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
+
+    name = "evaluation_test_tasks"
+    register_synthetic_dataset(name, 4, 128, 0, root=tmp_path / "datasets", split="val", profile="large")
+    ensure_generated(name)  # COCOEvaluator reads the json file when it is built
+    evaluators = {
+        "coco": COCOEvaluator(name, tasks=("bbox", "segm"), output_dir=str(tmp_path / "coco")),
+        "sem_seg": build_evaluator(load_config(RETINANET, ["OUTPUT_DIR", str(tmp_path)]), name + "_sem_seg"),
+        "panoptic": COCOPanopticEvaluator(name + "_panoptic", str(tmp_path / "panoptic")),
+    }
+    for evaluator in evaluators.values():
+        evaluator.reset()
+    for inputs, outputs in _ground_truth_as_predictions(name):
+        for evaluator in evaluators.values():
+            evaluator.process([inputs], [outputs])
+    results = {key: evaluator.evaluate() for key, evaluator in evaluators.items()}
+    assert results["coco"]["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["coco"]["segm"]["AP"] == pytest.approx(100.0)
+    assert results["sem_seg"]["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    assert results["panoptic"]["panoptic_seg"]["PQ"] == pytest.approx(100.0)

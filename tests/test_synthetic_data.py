@@ -3,6 +3,7 @@
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,77 @@ def test_concurrent_generation(tmp_path):
     assert len(set(results)) == 1
     assert os.listdir(tmp_path) == [results[0][0].parent.name]
     assert len(COCO(str(results[0][0])).getImgIds()) == 4
+
+
+def test_images_and_boxes_unchanged_by_the_annotation_formats():
+    """Generator 3 adds masks, semantic and panoptic files: the default profile's images and
+    boxes are still those of generator 2 (digests taken from generator 2's output), so
+    results measured on the detection splits keep their meaning."""
+    import hashlib
+    import zlib
+
+    from bifpn_d2.data.shapes import render_image
+
+    expected = {("val", 0): ("b74ca13a040a6f69", "27eb65db9a05b5be"),
+                ("train", 5): ("e19d1da4606517e8", "ad7a27ef30441c3c")}
+    for (split, index), (pixel_digest, object_digest) in expected.items():
+        rng = np.random.default_rng(np.random.SeedSequence([0, zlib.crc32(split.encode()), index]))
+        pixels, objects, _ = render_image(rng, 320)
+        assert hashlib.sha256(pixels.tobytes()).hexdigest()[:16] == pixel_digest
+        assert hashlib.sha256(json.dumps(objects).encode()).hexdigest()[:16] == object_digest
+
+
+def test_masks_semantic_and_panoptic_agree_with_the_boxes(tmp_path):
+    """Every object's RLE mask has the annotation's area and the box as its tight extent;
+    the semantic map and the panoptic segments label exactly the same pixels."""
+    from pycocotools import mask as mask_utils
+
+    from bifpn_d2.data.annotations import BACKGROUND_CATEGORY_ID
+
+    json_path, image_dir = generate_synthetic_coco(tmp_path, 4, 128, seed=1, profile="small_cluttered")
+    folder = json_path.parent
+    coco = json.loads(json_path.read_text())
+    panoptic = {a["image_id"]: a for a in json.loads((folder / "panoptic.json").read_text())["annotations"]}
+    checked = 0
+    for image in coco["images"]:
+        stem = Path(image["file_name"]).stem
+        semantic = np.asarray(Image.open(folder / "sem_seg" / f"{stem}.png"))
+        rgb = np.asarray(Image.open(folder / "panoptic" / f"{stem}.png")).astype(np.int64)
+        segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        segments = {s["id"]: s for s in panoptic[image["id"]]["segments_info"]}
+        objects = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        union = np.zeros(semantic.shape, dtype=bool)
+        for k, annotation in enumerate(objects):
+            mask = mask_utils.decode(annotation["segmentation"]).astype(bool)
+            ys, xs = np.nonzero(mask)
+            x, y, w, h = annotation["bbox"]
+            assert mask.sum() == annotation["area"] > 0
+            assert (xs.min(), ys.min(), xs.max() + 1 - x, ys.max() + 1 - y) == (x, y, w, h)
+            assert not (union & mask).any()  # visible pixels belong to one object
+            union |= mask
+            assert (semantic[mask] == annotation["category_id"]).all()
+            segment = segments[k + 1]
+            assert np.array_equal(segment_ids == k + 1, mask)
+            assert (segment["category_id"], segment["area"], segment["bbox"]) == (
+                annotation["category_id"], annotation["area"], annotation["bbox"])
+            checked += 1
+        assert (semantic[~union] == 0).all()
+        background = [s for s in segments.values() if s["category_id"] == BACKGROUND_CATEGORY_ID]
+        assert len(background) == 1 and background[0]["area"] == (~union).sum()
+    assert checked >= 8
+
+
+def test_splits_and_transfer_sets_are_distinct():
+    """dev, val and the transfer sets are other images than the training split, and the
+    transfer sets use other generator settings."""
+    specs = DEFAULT_SYNTHETIC_DATASETS
+    assert {"synthetic_shapes_dev", "synthetic_shapes_val"} <= set(specs)
+    transfer = [s for name, s in specs.items() if "transfer" in name]
+    assert len(transfer) >= 2 and all(s.profile != "default" for s in transfer)
+    folders = {synthetic_dataset_dir("/r", *astuple(s)) for s in specs.values()}
+    assert len(folders) == len(specs)
+    for name in specs:
+        for suffix in synthetic.TASK_SUFFIXES:
+            assert name + suffix in DatasetCatalog.list()
+    assert MetadataCatalog.get("synthetic_shapes_val_sem_seg").evaluator_type == "sem_seg"
+    assert MetadataCatalog.get("synthetic_shapes_val_panoptic").evaluator_type == "coco_panoptic_seg"

@@ -90,5 +90,12 @@ fi
 say "installing bifpn_d2 (editable) with its test, export, benchmark and demo extras"
 # No build isolation: the build needs only setuptools and wheel, checked above.
 pip_install --no-build-isolation -e "$ROOT[dev]"
+if ! "$PY" -c "import panopticapi.evaluation" 2>/dev/null; then
+  # PQ: Detectron2's COCOPanopticEvaluator imports panopticapi, which its authors do not
+  # publish on the package index; panopticapi-lite is that code, packaged. Without its
+  # declared dependencies: it asks for numpy<2 and scikit-image, which the evaluation code
+  # does not use (it needs numpy and Pillow, installed above).
+  pip_install --no-deps panopticapi-lite
+fi
 "$PY" -c "import bifpn_d2, detectron2, timm, torch; print('[setup] torch', torch.__version__, '| detectron2', detectron2.__version__, 'from', detectron2.__file__, '| timm', timm.__version__)"
 touch "$STAMP"

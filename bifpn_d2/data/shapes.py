@@ -16,45 +16,81 @@ cross       plus sign              55 (yellow)
 ring        annulus                300 (magenta)
 ==========  =====================  =========
 
-Shapes are randomly rotated, with aspect ratio 0.7-1. Per image, 1-4 objects have a longer
-side of 8-32 px, 1-4 of 32-110 px and 1-2 of 110-192 px (log-uniform, clipped to
-``0.6 * image_size``; some fail to find room). For 320 px images that gives about 48 %
-small (area ``< 32**2``), 38 % medium and 14 % large (``> 96**2``) instances. Larger
-objects are drawn first, and a later one is only placed where every earlier one keeps at
-least 70 % of its pixels visible; each box is the tight extent of the *visible* pixels and
-``area`` is their count (COCO's convention: segmentation area, not box area).
+Shapes are randomly rotated, with aspect ratio 0.7-1. In the ``default`` :class:`Profile`,
+per image, 1-4 objects have a longer side of 8-32 px, 1-4 of 32-110 px and 1-2 of
+110-192 px (log-uniform, clipped to ``0.6 * image_size``; some fail to find room), and the
+background has up to 5 blurred blobs and 5 lines. For 320 px images that gives about 48 %
+small (area ``< 32**2``), 38 % medium and 14 % large (``> 96**2``) instances. Other
+profiles (:data:`PROFILES`) change the object-size mix and the clutter: they make the
+transfer sets that test a model on data it was not tuned on. Larger objects are drawn
+first, and a later one is only placed where every earlier one keeps at least 70 % of its
+pixels visible. The renderer returns the map of visible objects, so every annotation is
+exact: each mask is the object's visible pixels, its box their tight extent and ``area``
+their count (COCO's convention: segmentation area, not box area).
 """
 
 import colorsys
 import math
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["SHAPE_CLASSES", "render_image"]
+__all__ = ["PROFILES", "Profile", "SHAPE_CLASSES", "render_image"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring")
 _CLASS_HUES_DEG = (0.0, 120.0, 220.0, 55.0, 300.0)
 
-# Per image, for each range of the longer side (px, clipped to 0.6 * image_size): how many
-# objects to try to place, drawn uniformly from [min_count, max_count]; sides log-uniform.
-_SIDE_RANGES_PX = (  # (min side, max side, min count, max count)
-    (8, 32, 1, 4),
-    (32, 110, 1, 4),
-    (110, 192, 1, 2),
-)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a generated image holds, apart from its size.
+
+    Attributes:
+        side_ranges: per range of the longer side (px, clipped to 0.6 * image_size),
+            ``(min side, max side, min count, max count)``: how many objects to try to
+            place, drawn uniformly from ``[min count, max count]``; sides log-uniform.
+        max_blobs, max_lines: the background's clutter, up to this many blurred blobs and
+            faint lines (uniform from 0).
+    """
+
+    side_ranges: Tuple[Tuple[int, int, int, int], ...]
+    max_blobs: int = 5
+    max_lines: int = 5
+
+
+PROFILES: Dict[str, Profile] = {
+    # The built-in train / dev / val splits.
+    "default": Profile(((8, 32, 1, 4), (32, 110, 1, 4), (110, 192, 1, 2))),
+    # Transfer: fewer small objects, more large ones.
+    "large": Profile(((12, 32, 0, 2), (32, 110, 1, 3), (110, 230, 1, 3))),
+    # Transfer: more small objects and a busier background.
+    "small_cluttered": Profile(
+        ((6, 32, 3, 8), (32, 110, 1, 3), (110, 160, 0, 1)), max_blobs=15, max_lines=15
+    ),
+}
 _MAX_OCCLUDED_FRACTION = 0.3
 _PLACEMENT_TRIES = 20
 _POLYGON_POINTS = 48
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
-    """One image: ``(size, size, 3)`` uint8 pixels and, per visible object, ``(category_id,
-    [x, y, w, h], area)`` (px; the box is the tight extent of its visible pixels)."""
-    canvas = _background(rng, size)
+def render_image(
+    rng: np.random.Generator, size: int, profile: Profile = PROFILES["default"]
+) -> Tuple[np.ndarray, List[Tuple[int, List[int], int]], np.ndarray]:
+    """One image.
+
+    Returns:
+        ``(size, size, 3)`` uint8 pixels; per object, ``(category_id, [x, y, w, h], area)``
+        (px; the box is the tight extent of its visible pixels, ``area`` their count); and
+        the ``(size, size)`` int16 map of which object each pixel shows (its index in
+        that list; -1 for background).
+    """
+    canvas = _background(rng, size, profile)
     instance_map = np.full((size, size), -1, dtype=np.int16)  # index of the visible object
     sides = []
-    for min_side, max_side, min_count, max_count in _SIDE_RANGES_PX:
+    for min_side, max_side, min_count, max_count in profile.side_ranges:
         max_side = min(max_side, int(0.6 * size))
         if max_side > min_side:
             count = int(rng.integers(min_count, max_count + 1))
@@ -94,10 +130,10 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         objects.append((class_index + 1, bbox, int(own.sum())))
 
     canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2.0, 6.0)
-    return np.clip(canvas, 0, 255).astype(np.uint8), objects
+    return np.clip(canvas, 0, 255).astype(np.uint8), objects, instance_map
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, profile: Profile) -> np.ndarray:
     """``(size, size, 3)`` float32, ~[0, 255]: gradient, blotches, blurred blobs, faint lines."""
     start, end = (np.array(_grey_colour(rng), dtype=np.float32) for _ in range(2))
     angle = rng.uniform(0, 2 * math.pi)
@@ -111,14 +147,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     quarter = max(size // 4, 8)
     clutter = Image.fromarray(grid).resize((quarter, quarter), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(clutter)
-    for _ in range(int(rng.integers(0, 6))):
+    for _ in range(int(rng.integers(0, profile.max_blobs + 1))):
         cx, cy = rng.uniform(0, quarter, 2)
         rx, ry = rng.uniform(0.03, 0.15, 2) * quarter
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=_grey_offset(rng, 40))
     clutter = clutter.filter(ImageFilter.GaussianBlur(radius=quarter / 40))
     clutter = clutter.resize((size, size), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(clutter)
-    for _ in range(int(rng.integers(0, 6))):
+    for _ in range(int(rng.integers(0, profile.max_lines + 1))):
         points = [tuple(p) for p in rng.uniform(0, size, (2, 2))]
         draw.line(points, fill=_grey_offset(rng, 35), width=int(rng.integers(1, 4)))
     return gradient + (np.asarray(clutter, dtype=np.float32) - 128)

@@ -20,10 +20,13 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 from detectron2 import evaluation as ev
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import GeneralizedRCNN
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 from torch import nn
 
 from ..data import ensure_generated
@@ -43,12 +46,23 @@ class _Evaluator:
     one_machine: bool = False  # writes to one local folder from every process
 
 
+def read_label_map(path: str, dtype=int) -> np.ndarray:
+    """A label PNG as an ``(H, W)`` array. Detectron2's own reader asks numpy for a view
+    (``copy=False``), which numpy 2 refuses for a PIL image."""
+    with PathManager.open(path, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
 _COCO = _Evaluator(lambda name, out: ev.COCOEvaluator(name, output_dir=out))
-_SEM_SEG = _Evaluator(lambda name, out: ev.SemSegEvaluator(name, distributed=True, output_dir=out))
+_SEM_SEG = _Evaluator(
+    lambda name, out: ev.SemSegEvaluator(
+        name, distributed=True, output_dir=out, sem_seg_loading_fn=read_label_map
+    )
+)
 _PANOPTIC = _Evaluator(
     lambda name, out: ev.COCOPanopticEvaluator(name, out),
     "panopticapi",
-    "pip install git+https://github.com/cocodataset/panopticapi.git",
+    "pip install panopticapi-lite",
 )
 _CITYSCAPES = {"needs": "cityscapesscripts", "install": "pip install cityscapesscripts", "one_machine": True}
 
