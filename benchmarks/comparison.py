@@ -24,6 +24,8 @@ __all__ = [
     "METRICS",
     "Run",
     "measure_cost",
+    "mean_and_sd",
+    "primary_metric",
     "read_metrics",
     "run_all",
     "schedule_overrides",
@@ -58,8 +60,13 @@ class Run:
     output_dir: Path
     overrides: Tuple[str, ...] = ()
     seed: int = 0
-    metrics: Dict[str, float] = field(default_factory=dict)  # final COCO metrics, in %
-    ap_curve: List[Tuple[int, float]] = field(default_factory=list)  # (iteration, AP) of every evaluation
+    # The metric that ranks runs: "bbox/AP", "segm/AP", "sem_seg/mIoU", ...
+    primary: str = "bbox/AP"
+    # Final evaluation, in %: "<task>/<metric>" with one test dataset, else
+    # "<dataset>/<task>/<metric>" (Detectron2's keys in metrics.json).
+    metrics: Dict[str, float] = field(default_factory=dict)
+    # (iteration, primary metric on the first test dataset) of every evaluation
+    ap_curve: List[Tuple[int, float]] = field(default_factory=list)
     iterations: List[int] = field(default_factory=list)
     losses: List[float] = field(default_factory=list)
     scalars: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)  # other logged series
@@ -80,6 +87,17 @@ class Run:
             str(self.seed),
             *self.overrides,
         ]
+
+    def value(self, metric: str, dataset: Optional[str] = None) -> float:
+        """``metric`` ("bbox/AP", ...) of the final evaluation on ``dataset`` (None: the only
+        or first test dataset); NaN if it was not measured."""
+        if dataset is not None and f"{dataset}/{metric}" in self.metrics:
+            return self.metrics[f"{dataset}/{metric}"]
+        if dataset is None or metric in self.metrics:  # one test dataset: keys without its name
+            for key, value in self.metrics.items():
+                if key == metric or key.endswith("/" + metric):
+                    return value
+        return math.nan
 
     def recipe(self) -> dict:
         """What the run trains (config, overrides, seed): equal recipes give equal runs."""
@@ -111,6 +129,15 @@ def schedule_overrides(max_iter: int, steps: Sequence[int], warmup: int, iters: 
     ]
 
 
+# The task part of Detectron2's evaluation keys ("[<dataset>/]<task>/<metric>").
+EVALUATION_TASKS = ("bbox", "segm", "sem_seg", "panoptic_seg", "keypoints")
+
+
+def _is_evaluation_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) >= 2 and parts[-2] in EVALUATION_TASKS
+
+
 def read_metrics(run: Run) -> Run:
     """Fill ``run``'s loss curve, evaluations, other scalars and timing from its
     ``metrics.json`` (one JSON record per logged iteration)."""
@@ -128,9 +155,11 @@ def read_metrics(run: Run) -> Run:
                 run.losses.append(record["total_loss"])
             if "time" in record:
                 times.append(record["time"])
-            if "bbox/AP" in record:
-                run.metrics = {k: float(v) for k, v in record.items() if k.startswith("bbox/")}
-                run.ap_curve.append((iteration + 1, float(record["bbox/AP"])))
+            evaluation = {k: float(v) for k, v in record.items() if _is_evaluation_key(k)}
+            if evaluation:
+                run.metrics = evaluation
+                first = next((v for k, v in evaluation.items() if k.endswith(run.primary)), math.nan)
+                run.ap_curve.append((iteration + 1, first))
             for key, value in record.items():
                 if key.startswith("fusion/"):
                     run.scalars.setdefault(key, []).append((iteration + 1, float(value)))
@@ -212,7 +241,7 @@ def run_all(
             left = len(queue) + len(running)
             eta = sum(durations) / len(durations) * left / max(1, min(jobs, left)) if left else 0.0
             say(
-                f"done {run.label} seed {run.seed}: AP {run.metrics.get('bbox/AP', math.nan):.1f} "
+                f"done {run.label} seed {run.seed}: {run.primary} {run.value(run.primary):.1f} "
                 f"({len(todo) - left}/{len(todo)} trained, {(time.perf_counter() - start) / 60:.1f} min; "
                 f"about {eta / 60:.0f} min to go)"
             )
@@ -251,26 +280,205 @@ def mean_and_sd(values: Sequence[float]) -> Tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def summarize(groups: Dict[str, Sequence[Run]], reference: Optional[str] = None) -> List[Dict[str, object]]:
-    """One row per ``{label: runs}`` entry (the runs are its seeds): the mean of each COCO
-    metric over the seeds, the sample standard deviation and every seed's AP, the mean
-    AP's difference to the ``reference`` label, and the mean seconds per iteration."""
-    ref_ap = mean_and_sd([r.metrics.get("bbox/AP", math.nan) for r in groups.get(reference, [])])[0]
+def primary_metric(cfg) -> str:
+    """The metric a config's model is judged by: ``sem_seg/mIoU`` for a semantic
+    segmenter, ``panoptic_seg/PQ`` for Panoptic FPN, ``segm/AP`` for a model with masks,
+    else ``bbox/AP``."""
+    meta = cfg.MODEL.META_ARCHITECTURE
+    if meta == "SemanticSegmentor":
+        return "sem_seg/mIoU"
+    if meta == "PanopticFPN":
+        return "panoptic_seg/PQ"
+    return "segm/AP" if cfg.MODEL.MASK_ON else "bbox/AP"
+
+
+def summarize(
+    groups: Dict[str, Sequence[Run]],
+    reference: Optional[str] = None,
+    primary: str = "bbox/AP",
+    datasets: Sequence[Optional[str]] = (None,),
+) -> List[Dict[str, object]]:
+    """One row per ``{label: runs}`` entry (the runs are its seeds). On the first of
+    ``datasets`` (None: a run's only test dataset): the ``primary`` metric's mean over the
+    seeds, sample standard deviation, every seed's value and the mean's difference to the
+    ``reference`` label, then the mean of each COCO metric of :data:`METRICS` (same task);
+    on each further dataset, the primary metric's mean and difference; then the mean
+    seconds per iteration and training minutes. Columns are named by the metric ("AP",
+    "mIoU", ...) and, after the first dataset, prefixed by the dataset's name."""
+    task, name = primary.rsplit("/", 1)
+
+    def mean(runs: Sequence[Run], metric: str, dataset: Optional[str]) -> float:
+        return mean_and_sd([r.value(metric, dataset) for r in runs])[0]
+
     rows = []
     for label, runs in groups.items():
-        ap, sd = mean_and_sd([r.metrics.get("bbox/AP", math.nan) for r in runs])
+        first = datasets[0]
+        value, sd = mean_and_sd([r.value(primary, first) for r in runs])
         row: Dict[str, object] = {
             "model": label,
             "seeds": " ".join(str(r.seed) for r in runs),
-            "AP": ap,
-            "AP sd": sd,
-            "AP per seed": " / ".join(f"{r.metrics.get('bbox/AP', math.nan):.1f}" for r in runs),
+            name: value,
+            f"{name} sd": sd,
+            f"{name} per seed": " / ".join(f"{r.value(primary, first):.1f}" for r in runs),
         }
         if reference is not None:
-            row[f"AP - {reference}"] = ap - ref_ap
-        for column, key in METRICS[1:]:
-            row[column] = mean_and_sd([r.metrics.get(key, math.nan) for r in runs])[0]
+            row[f"{name} - {reference}"] = value - mean(groups.get(reference, []), primary, first)
+        if task in ("bbox", "segm"):
+            for column, key in METRICS[1:]:
+                row[column] = mean(runs, f"{task}/{key.split('/', 1)[1]}", first)
+        for dataset in datasets[1:]:
+            row[f"{dataset} {name}"] = mean(runs, primary, dataset)
+            if reference is not None:
+                row[f"{dataset} {name} - {reference}"] = (
+                    row[f"{dataset} {name}"] - mean(groups.get(reference, []), primary, dataset))
         row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
         row["train min"] = mean_and_sd([r.train_minutes for r in runs])[0]
         rows.append(row)
+    return rows
+
+
+# --quick: the tiny splits (16 / 8 images of 128 px), a handful of iterations.
+QUICK_ITERS = 2
+
+
+def _tiny_overrides(cfg) -> List[str]:
+    """The tiny synthetic splits for the task of ``cfg``'s datasets, at their 128 px."""
+    from bifpn_d2.data import TINY_OVERRIDES
+
+    suffix = "_sem_seg" if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" else ""
+    return TINY_OVERRIDES + [
+        "DATASETS.TRAIN", f"('synthetic_shapes_tiny_train{suffix}',)",
+        "DATASETS.TEST", f"('synthetic_shapes_tiny_val{suffix}',)",
+        "SOLVER.CHECKPOINT_PERIOD", "100000",
+    ]
+
+
+def compare_necks(
+    config_file: str,
+    opts: Sequence[str] = (),
+    seeds: Sequence[int] = (0, 1),
+    output_dir: Path = Path("output/compare_necks"),
+    jobs: int = 1,
+    threads: int = 1,
+    iters: Optional[int] = None,
+    quick: bool = False,
+    overwrite: bool = False,
+    say: Callable[[str], None] = print,
+) -> Tuple[List[Dict[str, object]], List[str]]:
+    """Train ``config_file`` (a Detectron2 YAML config with an FPN: ours, Detectron2's model
+    zoo, a user's) and its BiFPN switch (the same config with ``MODEL.BACKBONE.NAME``
+    switched to the BiFPN builder: the recommended recipe, by the ``MODEL.BIFPN``
+    defaults) side by side over ``seeds``, each evaluated on the config's
+    ``DATASETS.TEST``; write ``results.md`` / ``.csv`` / ``.png`` into ``output_dir``.
+
+    Everything that can go wrong before training is checked first, in this process: the
+    config, that it has an FPN to switch, its datasets, both models (built on the CPU,
+    which also measures their parameters and GFLOPs).
+
+    Returns:
+        the table's rows (one per neck) and its columns.
+    Raises:
+        ConfigError: any of the above (one line, naming the problem); RuntimeError: a
+            training failed (its log is named).
+    """
+    from types import SimpleNamespace
+
+    from bifpn_d2.data import ensure_generated
+    from bifpn_d2.engine.config import ConfigError, load_config, resolve_config_file
+    from bifpn_d2.engine.launch import check_datasets
+    from bifpn_d2.modeling import bifpn_switch
+
+    config_file = str(Path(resolve_config_file(config_file)).resolve())
+    cfg = load_config(config_file, list(opts))
+    base = _tiny_overrides(cfg) if quick else []
+    cfg = load_config(config_file, base + list(opts))
+    try:
+        switched = bifpn_switch(cfg.MODEL.BACKBONE.NAME)
+    except ValueError as e:
+        raise ConfigError(f"{config_file}: {e}") from None
+    iters = iters or (QUICK_ITERS if quick else None)
+    schedule = (schedule_overrides(cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS, iters)
+                if iters else [])
+    necks = {"FPN": base + list(opts) + schedule,
+             "BiFPN": base + list(opts) + schedule + ["MODEL.BACKBONE.NAME", switched]}
+    check_datasets(cfg, SimpleNamespace(eval_only=False))
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        ensure_generated(name)
+    costs = {}
+    for neck, neck_opts in necks.items():
+        try:
+            costs[neck] = measure_cost(load_config(config_file, neck_opts))
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"cannot build the {neck} model of {config_file}: {e}") from None
+    output_dir = Path(output_dir).resolve()
+    primary = primary_metric(cfg)
+    runs = {
+        neck: [Run(neck, config_file, output_dir / neck.lower() / f"seed{seed}", tuple(neck_opts), seed,
+                   primary=primary) for seed in seeds]
+        for neck, neck_opts in necks.items()
+    }
+    if overwrite:
+        for run in sum(runs.values(), []):
+            (run.output_dir / RECORD).unlink(missing_ok=True)
+    say(f"FPN vs BiFPN ({switched}) x seeds {list(seeds)}: {jobs} at a time, {threads} thread(s) each")
+    run_all(sum(runs.values(), []), jobs, threads, say)
+
+    datasets: List[Optional[str]] = list(cfg.DATASETS.TEST) if len(cfg.DATASETS.TEST) > 1 else [None]
+    rows = summarize(runs, "FPN", primary, datasets)
+    for row in rows:
+        row.update(costs[str(row["model"])])
+    columns = [c for c in rows[0] if c not in ("s/iter", "train min")]
+    columns += ["params_M", "neck_params_M", "GFLOPs", "s/iter", "train min"]
+    columns = list(dict.fromkeys(columns))
+    done = runs["FPN"][0].iterations[-1] + 1 if runs["FPN"][0].iterations else 0
+    title = (f"FPN vs BiFPN: {Path(config_file).name} ({cfg.MODEL.META_ARCHITECTURE}), {done} iterations, "
+             f"batch {cfg.SOLVER.IMS_PER_BATCH}, seeds {list(seeds)}, {primary} on "
+             f"{', '.join(cfg.DATASETS.TEST)}")
+    note = (f"GFLOPs: one image of {cfg.DATASETS.TEST[0]} (fvcore, multiply-add = 1). s/iter: median of the "
+            f"logged iterations, {jobs} run(s) side by side, {threads} thread(s) each.")
+    from .plots import plot_comparison
+    from .report import markdown_table, write_csv, write_text
+
+    shown = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    table = markdown_table(shown, columns)
+    write_text(f"{title}\n\n{table}\n{note}\n", str(output_dir / "results.md"))
+    write_csv(rows, str(output_dir / "results.csv"), columns)
+    plot_comparison(runs, str(output_dir / "results.png"), title, primary, datasets)
+    print(f"\n{title}\n\n{table}\n{note}\n")
+    return rows, columns
+
+
+def comparison_parser(doc: str, output_dir: str, config_file: Optional[str] = None):
+    """The command line of ``tools/compare_necks.py`` (and of the main job, which fixes the
+    config to ``config_file``): ``--config-file``, ``--seeds``, ``--iters``, ``--output-dir``,
+    ``--quick``, ``--overwrite``, ``--jobs``, ``--threads`` and ``KEY VALUE`` overrides."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=config_file is None, default=config_file,
+                        help="a YAML config with an FPN (path or shipped name)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds per neck (default: 0 1)")
+    parser.add_argument("--iters", type=int, help="training iterations (default: SOLVER.MAX_ITER)")
+    parser.add_argument("--output-dir", default=output_dir, help=f"where results and runs go ({output_dir})")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run on the tiny synthetic dataset")
+    parser.add_argument("--overwrite", action="store_true", help="train again over previous runs")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs side by side")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default: 1)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of both models")
+    return parser
+
+
+def run_comparison(args, prog: str, say: Callable[[str], None]) -> List[Dict[str, object]]:
+    """:func:`compare_necks` with ``args`` of :func:`comparison_parser`; a mistake ends the
+    program with one ``<prog>: error: ...`` line and exit status 2."""
+    from bifpn_d2.engine.config import ConfigError
+
+    try:
+        if (args.iters is not None and args.iters < 1) or args.jobs < 1 or args.threads < 1 or not args.seeds:
+            raise ConfigError("--iters, --jobs and --threads must be >= 1, and --seeds must name a seed")
+        rows, _ = compare_necks(args.config_file, args.opts, args.seeds, Path(args.output_dir), args.jobs,
+                                args.threads, args.iters, args.quick, args.overwrite, say)
+    except (ConfigError, RuntimeError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     return rows

@@ -1,19 +1,24 @@
-"""The neck study: which BiFPN choices decide whether it beats the FPN in the main job.
+"""The neck study: which BiFPN choices decide whether it beats the FPN, for every
+meta-architecture a user switches.
 
-Every arm is the main job's RetinaNet (ResNet-18 from scratch, 320 px, batch 4, the
-same LR schedule) with one neck, trained with several seeds on the built-in dataset and
-evaluated with COCO AP. Arms are data: a config plus ``MODEL.BIFPN.*`` (or
+A :class:`Pair` is one detector or segmenter of the built-in dataset's recipe (ResNet-18
+from scratch, 320 px, batch 4) with an FPN config and a BiFPN config that differ only in
+the neck: RetinaNet, Faster R-CNN, Mask R-CNN, semantic FPN. Every *arm* is one neck of
+one pair, trained with several seeds on ``synthetic_shapes_train`` and evaluated on the
+*dev* split (where choices are made), the reporting split ``val`` and the two transfer
+sets (never used to choose). Arms are data: a config plus ``MODEL.BIFPN.*`` (or
 ``MODEL.FPN.*``) overrides. Every BiFPN arm spells out each studied key (from
-:data:`BIFPN_BEFORE`, the BiFPN of the main job before this study, or
+:data:`BIFPN_BEFORE`, the BiFPN of the main job before the first study, or
 :data:`BIFPN_AFTER`), so an arm means the same model whatever the shipped config says.
 """
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from .comparison import Run, summarize
-from .plots import plot_ap_curves, plot_arms, plot_fusion_weights
+from .comparison import Run, mean_and_sd
+from .plots import plot_ap_curves, plot_fusion_weights, plot_pairs
 
 __all__ = [
     "ARMS",
@@ -49,9 +54,45 @@ BIFPN_AFTER: Dict[str, str] = dict(
 )
 
 
+# Where every run is evaluated: the split choices are made on, the reporting split, and
+# the transfer sets (other generator settings; see bifpn_d2.data).
+DEV, VAL = "synthetic_shapes_dev", "synthetic_shapes_val"
+TRANSFER = ("synthetic_shapes_transfer_large", "synthetic_shapes_transfer_small")
+EVAL_SPLITS = (DEV, VAL) + TRANSFER
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An FPN config and a BiFPN config that differ only in the neck."""
+
+    name: str
+    fpn_config: str
+    bifpn_config: str
+    primary: str  # the metric that decides ("bbox/AP", "segm/AP", "sem_seg/mIoU")
+    task_suffix: str = ""  # of the dataset names it trains and evaluates on ("_sem_seg")
+
+    def test_datasets(self) -> List[str]:
+        return [name + self.task_suffix for name in EVAL_SPLITS]
+
+
+PAIRS: Dict[str, Pair] = {
+    p.name: p
+    for p in (
+        Pair("retinanet", "configs/synthetic/RetinaNet-R18-FPN.yaml",
+             "configs/synthetic/RetinaNet-R18-BiFPN.yaml", "bbox/AP"),
+        Pair("faster_rcnn", "configs/synthetic/FasterRCNN-R18-FPN.yaml",
+             "configs/synthetic/FasterRCNN-R18-BiFPN.yaml", "bbox/AP"),
+        Pair("mask_rcnn", "configs/synthetic/MaskRCNN-R18-FPN.yaml",
+             "configs/synthetic/MaskRCNN-R18-BiFPN.yaml", "segm/AP"),
+        Pair("semantic_fpn", "configs/synthetic/SemanticFPN-R18-FPN.yaml",
+             "configs/synthetic/SemanticFPN-R18-BiFPN.yaml", "sem_seg/mIoU", "_sem_seg"),
+    )
+}
+
+
 @dataclass(frozen=True)
 class Arm:
-    """One model of the study: ``config`` with ``overrides`` (``{KEY: VALUE}``)."""
+    """One model of the study: ``config`` with ``overrides`` (``{KEY: VALUE}``), in ``pair``."""
 
     name: str
     group: str
@@ -60,9 +101,17 @@ class Arm:
     overrides: Dict[str, str] = field(default_factory=dict)
     iters_factor: int = 1  # train this many times the main job's iterations
     eval_points: int = 1  # evaluations over training (AP against iterations when > 1)
+    pair: str = "retinanet"
+
+    @property
+    def key(self) -> str:
+        """``pair/name``: unique over the study, and the arm's folder."""
+        return f"{self.pair}/{self.name}"
 
     def opts(self) -> List[str]:
-        return [item for pair in self.overrides.items() for item in pair]
+        pair = PAIRS[self.pair]
+        tests = "(" + "".join(f"'{name}'," for name in pair.test_datasets()) + ")"
+        return [item for kv in self.overrides.items() for item in kv] + ["DATASETS.TEST", tests]
 
 
 def _bifpn(name: str, group: str, question: str, base: Dict[str, str], **changes: str) -> Arm:
@@ -117,24 +166,69 @@ def _longer(arm: Arm, factor: int = 4, eval_points: int = 8) -> Arm:
 
 _BIFPN = [_bifpn(name, group, question, BIFPN_BEFORE, **changes)
           for name, group, question, changes in _BIFPN_ARMS]
-ARMS: List[Arm] = [_FPN, _AFTER] + _BIFPN + [_longer(arm) for arm in (_FPN, _BIFPN[0], _AFTER)]
+
+# Every other pair: the same questions, asked of its own BiFPN. "shipped" is what its
+# config shipped before this study (BIFPN_BEFORE: 3 plain cells, EfficientDet's top block);
+# "candidate" is what won for RetinaNet (BIFPN_AFTER), tried as the default for all.
+_PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
+    ("candidate", "reference", "residual cells, learned P6 (P6/P7) from C5: RetinaNet's winner", {}),
+    ("shipped", "reference", "3 plain cells, EfficientDet's max-pool top block (as shipped before)",
+     {"RESIDUAL": "False", "TOP_BLOCK": "efficientdet"}),
+    ("plain", "residual", "the candidate with plain cells", {"RESIDUAL": "False"}),
+    ("top_efficientdet", "top block", "the candidate with EfficientDet's max-pool top block",
+     {"TOP_BLOCK": "efficientdet"}),
+    ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
+    ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
+     {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
+]
+def _pair_arms(pair: Pair) -> List[Arm]:
+    arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
+                pair=pair.name)]
+    for name, group, question, changes in _PAIR_ARMS:
+        if pair.name == "semantic_fpn" and "TOP_BLOCK" in changes:
+            continue  # P2-P5: no level above the last input, no top block
+        if pair.name == "retinanet" and name == "shipped":
+            continue  # RetinaNet shipped the candidate already
+        overrides = dict(BIFPN_AFTER)
+        overrides.update({f"MODEL.BIFPN.{k}": v for k, v in changes.items()})
+        arms.append(Arm(name, group, question, pair.bifpn_config, overrides, pair=pair.name))
+    return arms
+
+
+_PAIRED = [arm for pair in PAIRS.values() for arm in _pair_arms(pair)]
+# The first study: RetinaNet only, chosen on the reporting split (kept to reproduce it).
+FIRST_STUDY = "first study"
+_FIRST = [
+    Arm(a.name, FIRST_STUDY, a.question, a.config, a.overrides, a.iters_factor, a.eval_points, "retinanet_v1")
+    for a in [_FPN, _AFTER] + _BIFPN + [_longer(arm) for arm in (_FPN, _BIFPN[0], _AFTER)]
+]
+PAIRS["retinanet_v1"] = PAIRS["retinanet"]
+# Order = training order: the references of every pair first, then "shipped", then the
+# other questions, so that a study cut short still compares every pair.
+ARMS: List[Arm] = (
+    [a for a in _PAIRED if a.group == "reference" and a.name != "shipped"]
+    + [a for a in _PAIRED if a.name == "shipped"]
+    + [a for a in _PAIRED if a.group != "reference"]
+    + _FIRST
+)
 GROUPS = sorted({arm.group for arm in ARMS})
 
 
 def arm_runs(
     arms: Sequence[Arm], seeds: Sequence[int], output_dir: Path, base_opts: Sequence[str], schedule
 ) -> List[Tuple[Arm, Run]]:
-    """One :class:`Run` per arm and seed, in ``output_dir/<arm>/seed<k>``. ``schedule(arm)``
-    gives the overrides of the arm's training length (and evaluation period)."""
+    """One :class:`Run` per arm and seed, in ``output_dir/<pair>/<arm>/seed<k>``.
+    ``schedule(arm)`` gives the overrides of the arm's training length (and evaluation period)."""
     return [
         (
             arm,
             Run(
-                arm.name,
+                arm.key,
                 arm.config,
-                output_dir / arm.name / f"seed{seed}",
+                output_dir / arm.pair / arm.name / f"seed{seed}",
                 tuple(base_opts) + tuple(arm.opts()) + tuple(schedule(arm)),
                 seed,
+                primary=PAIRS[arm.pair].primary,
             ),
         )
         for arm in arms
@@ -142,43 +236,91 @@ def arm_runs(
     ]
 
 
+# Short names of the evaluation splits, for columns.
+SPLIT_COLUMNS = {DEV: "dev", VAL: "val", TRANSFER[0]: "transfer_large", TRANSFER[1]: "transfer_small"}
+# The size metric shown for detectors (the BiFPN once trailed the FPN there).
+_LARGE = {"bbox/AP": "bbox/APl", "segm/AP": "segm/APl"}
+
+
+def _metric_of_seeds(runs: Sequence[Run], metric: str, dataset: str) -> List[float]:
+    return [run.value(metric, dataset) for run in runs]
+
+
+def _mean(runs: Sequence[Run], metric: str, dataset: str) -> float:
+    return mean_and_sd(_metric_of_seeds(runs, metric, dataset))[0]
+
+
 def summarize_arms(
-    results: Sequence[Tuple[Arm, Run]], costs: Dict[str, Dict[str, float]], reference: str = "fpn"
+    results: Sequence[Tuple[Arm, Run]], costs: Dict[str, Dict[str, float]]
 ) -> List[Dict[str, object]]:
-    """One row per arm (see :func:`~benchmarks.comparison.summarize`) with its group,
-    cost (``costs[arm]``: GFLOPs, parameters) and the question it answers."""
+    """One row per arm, in the order of ``results``: its pair's primary metric (mean, sample
+    sd and every seed) on each evaluation split, the difference of each mean to the pair's
+    ``fpn`` arm, the size metric on ``val`` (AP_large for detectors), cost (``costs[key]``:
+    GFLOPs, parameters), seconds per iteration, and whether the arm *wins*: at least 2
+    points over the FPN on ``val`` and on every transfer set, at no more GFLOPs, and no
+    worse on large objects. ``dev`` is where choices are made; it does not decide a win."""
     groups: Dict[str, List[Run]] = {}
     arms: Dict[str, Arm] = {}
     for arm, run in results:
-        groups.setdefault(arm.name, []).append(run)
-        arms[arm.name] = arm
-    rows = summarize(groups, reference)
-    for row in rows:
-        arm = arms[row["model"]]
-        row["group"] = arm.group
-        row.update(costs.get(arm.name, {}))
+        groups.setdefault(arm.key, []).append(run)
+        arms[arm.key] = arm
+    rows: List[Dict[str, object]] = []
+    for key, runs in groups.items():
+        arm = arms[key]
+        pair = PAIRS[arm.pair]
+        suffix = pair.task_suffix
+        reference = groups.get(f"{arm.pair}/fpn", [])
+        row: Dict[str, object] = {
+            "pair": arm.pair, "arm": arm.name, "group": arm.group, "metric": pair.primary,
+            "seeds": " ".join(str(r.seed) for r in runs),
+        }
+        for dataset, column in SPLIT_COLUMNS.items():
+            values = _metric_of_seeds(runs, pair.primary, dataset + suffix)
+            mean, sd = mean_and_sd(values)
+            row[column], row[f"{column} sd"] = mean, sd
+            row[f"{column} per seed"] = " / ".join(f"{v:.1f}" for v in values)
+            row[f"{column} - fpn"] = mean - _mean(reference, pair.primary, dataset + suffix)
+        large = _LARGE.get(pair.primary)
+        if large:
+            row["val large"] = _mean(runs, large, VAL)
+            row["val large - fpn"] = row["val large"] - _mean(reference, large, VAL)
+        row.update(costs.get(key, {}))
+        fpn_cost = costs.get(f"{arm.pair}/fpn", {}).get("GFLOPs", math.nan)
+        row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
+        if arm.name != "fpn":
+            margins = [row[f"{SPLIT_COLUMNS[d]} - fpn"] for d in (VAL,) + TRANSFER]
+            wins = all(m >= 2.0 for m in margins) and row.get("GFLOPs", math.inf) <= fpn_cost
+            wins = wins and (not large or row["val large - fpn"] >= 0)
+            row["wins"] = "yes" if wins else "no"
         row["what it tests"] = arm.question
+        rows.append(row)
     return rows
 
 
 # Columns of the study table, in order (the CSV has them all, with full precision).
 COLUMNS = [
-    "model",
-    "group",
+    "pair",
+    "arm",
     "seeds",
-    "AP",
-    "AP sd",
-    "AP per seed",
-    "AP - fpn",
-    "AP50",
-    "AP_small",
-    "AP_medium",
-    "AP_large",
+    "dev",
+    "val",
+    "val sd",
+    "val per seed",
+    "val - fpn",
+    "transfer_large - fpn",
+    "transfer_small - fpn",
+    "val large - fpn",
     "GFLOPs",
     "neck_params_M",
-    "s/iter",
+    "wins",
     "what it tests",
 ]
+CSV_COLUMNS = (
+    ["pair", "arm", "group", "metric", "seeds"]
+    + [f"{c}{s}" for c in SPLIT_COLUMNS.values() for s in ("", " sd", " per seed", " - fpn")]
+    + ["val large", "val large - fpn", "GFLOPs", "params_M", "neck_params_M", "s/iter", "wins"]
+    + ["what it tests"]
+)
 
 
 def fusion_speed(
@@ -215,16 +357,19 @@ def write_report(
 
     groups: Dict[str, List[Run]] = {}
     for arm, run in results:
-        groups.setdefault(arm.name, []).append(run)
-    shown = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    text = f"{title}\n\n" + markdown_table(shown, COLUMNS, digits=3)
+        groups.setdefault(arm.key, []).append(run)
+    text = f"{title}\n\n"
+    for pair in dict.fromkeys(str(r["pair"]) for r in rows):
+        shown = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
+                 for r in rows if r["pair"] == pair]
+        text += f"### {pair} ({PAIRS[pair].primary})\n\n" + markdown_table(shown, COLUMNS, digits=3) + "\n"
     speeds = ", ".join(f"{m} {ms:.2f} ms" for m, ms in speed.items())
     if speed:
-        text += f"\nOne 3-input fusion, forward + backward, 4 x 128 x 40 x 40 (median): {speeds}\n"
+        text += f"One 3-input fusion, forward + backward, 4 x 128 x 40 x 40 (median): {speeds}\n"
     paths = [
         write_text(text, str(output_dir / "neck_study.md")),
-        write_csv(rows, str(output_dir / "neck_study.csv"), COLUMNS),
-        plot_arms(rows, groups, str(output_dir / "neck_study.png"), title),
+        write_csv(rows, str(output_dir / "neck_study.csv"), CSV_COLUMNS),
+        plot_pairs(rows, str(output_dir / "neck_study.png"), title, list(SPLIT_COLUMNS.values())),
     ]
     curves = {name: runs for name, runs in groups.items() if any(len(r.ap_curve) > 1 for r in runs)}
     if curves:
@@ -235,9 +380,9 @@ def write_report(
                 "AP against training length (one line per seed)",
             )
         )
-    fusion_runs = {}
+    fusion_runs = {}  # EfficientDet's Figure 6: fast normalized against softmax
     for arm, run in results:
-        if arm.name in ("bifpn_before", "fusion_softmax") and run.scalars:
+        if arm.pair == "retinanet_v1" and arm.name in ("bifpn_before", "fusion_softmax") and run.scalars:
             fusion_runs.setdefault(arm.overrides["MODEL.BIFPN.FUSE_TYPE"], run)
     if len(fusion_runs) == 2:
         paths.append(

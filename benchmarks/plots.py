@@ -2,32 +2,37 @@
 and AP curves over training, and fusion weights over training. PNG files, no display."""
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .comparison import METRICS, Run
 from .report import pyplot, save_figure
 
-__all__ = ["plot_ap_curves", "plot_arms", "plot_comparison", "plot_fusion_weights"]
+__all__ = ["plot_ap_curves", "plot_arms", "plot_comparison", "plot_fusion_weights", "plot_pairs"]
 
 
-def _ap_bars(ax, groups: Dict[str, Sequence[Run]], metrics: Sequence[Tuple[str, str]]) -> None:
-    """Grouped bars of the seeds' mean per metric, one colour per group, seeds as dots."""
+def _ap_bars(ax, groups: Dict[str, Sequence[Run]], metrics: Sequence[Tuple[str, str, Optional[str]]]) -> None:
+    """Grouped bars of the seeds' mean per metric, one colour per group, seeds as dots;
+    ``metrics``: (label, metric key, test dataset or None for a run's first)."""
     width = 0.8 / max(len(groups), 1)
     for i, (label, runs) in enumerate(groups.items()):
         xs = [k + (i - (len(groups) - 1) / 2) * width for k in range(len(metrics))]
-        per_seed = [[r.metrics.get(key, math.nan) for r in runs] for _, key in metrics]
+        per_seed = [[r.value(key, dataset) for r in runs] for _, key, dataset in metrics]
         means = [sum(v) / len(v) if v else math.nan for v in per_seed]
         bars = ax.bar(xs, [0 if math.isnan(m) else m for m in means], width, label=label, alpha=0.7)
         ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], fontsize=7, padding=1)
         for x, values in zip(xs, per_seed):
             ax.plot([x] * len(values), values, "k.", markersize=4)
-    ax.set_xticks(range(len(metrics)), [name for name, _ in metrics])
-    ax.set_ylabel("COCO AP (%): bars = mean, dots = seeds")
+    ax.set_xticks(range(len(metrics)), [name for name, _, _ in metrics], fontsize=7)
+    ax.set_ylabel("%: bars = mean, dots = seeds")
     ax.legend()
 
 
-def plot_comparison(groups: Dict[str, Sequence[Run]], path: str, title: str) -> str:
-    """Left: training loss against iteration, one line per seed; right: the APs."""
+def plot_comparison(
+    groups: Dict[str, Sequence[Run]], path: str, title: str, primary: str = "bbox/AP",
+    datasets: Sequence[Optional[str]] = (None,),
+) -> str:
+    """Left: training loss against iteration, one line per seed; right: the ``primary``
+    metric on every test dataset and, for box and mask AP, its size breakdown on the first."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     for i, (label, runs) in enumerate(groups.items()):
@@ -45,8 +50,13 @@ def plot_comparison(groups: Dict[str, Sequence[Run]], path: str, title: str) -> 
     left.set_yscale("log")
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
-    _ap_bars(right, groups, [m for m in METRICS if m[0] != "AP75"])
-    right.set_title("Validation AP")
+    task = primary.split("/")[0]
+    bars = [(f"{primary}\n{d or ''}".strip(), primary, d) for d in datasets]
+    if task in ("bbox", "segm"):
+        bars += [(f"{name}\n{datasets[0] or ''}".strip(), f"{task}/{key.split('/')[1]}", datasets[0])
+                 for name, key in METRICS if name not in ("AP", "AP75")]
+    _ap_bars(right, groups, bars)
+    right.set_title("Evaluation")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -68,7 +78,7 @@ def plot_arms(
             color=["C1" if k == 0 else "C0" for k in range(len(order))],
         )
         for label, runs in groups.items():
-            ax.plot([r.metrics.get(key, math.nan) for r in runs], [order.index(label)] * len(runs), "k.")
+            ax.plot([r.value(key) for r in runs], [order.index(label)] * len(runs), "k.")
         ax.axvline(float(rows[0][column]), color="C1", linestyle="--", linewidth=1, label=f"{order[0]} mean")
         ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel(f"{column} (%): bar = mean over seeds, dots = seeds")
@@ -122,5 +132,27 @@ def plot_fusion_weights(runs: Dict[str, Run], path: str, title: str, num_nodes: 
     axes[0][0].set_ylabel("normalised input weight")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_pairs(rows: Sequence[Dict[str, object]], path: str, title: str, splits: Sequence[str]) -> str:
+    """One panel per pair: each arm's primary metric on every evaluation split (bars:
+    means over seeds; the split names are the row columns ``splits``)."""
+    plt = pyplot()
+    pairs = list(dict.fromkeys(str(r["pair"]) for r in rows))
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(10, 2.8 * len(pairs)), squeeze=False)
+    for ax, pair in zip(axes[:, 0], pairs):
+        arms = [r for r in rows if r["pair"] == pair]
+        width = 0.8 / len(arms)
+        for i, row in enumerate(arms):
+            xs = [k + (i - (len(arms) - 1) / 2) * width for k in range(len(splits))]
+            ax.bar(xs, [float(row[s]) for s in splits], width, label=str(row["arm"]), color=f"C{i}")
+        ax.set_xticks(range(len(splits)), splits)
+        ax.set_ylabel(f"{arms[0]['metric']} (%)")
+        ax.set_title(pair, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=4)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)

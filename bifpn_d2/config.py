@@ -9,7 +9,9 @@ Call :func:`add_bifpn_config` on a Detectron2 config before ``merge_from_file``:
 Every new key has a default that works with Detectron2's own configs of every FPN
 meta-architecture (RetinaNet, Faster / Mask / Cascade / Keypoint R-CNN, Panoptic FPN,
 semantic FPN), so switching neck takes only ``MODEL.BACKBONE.NAME``: the BiFPN then takes
-the width of ``MODEL.FPN.OUT_CHANNELS``, GN, and pads images as Detectron2's FPN does.
+the width of ``MODEL.FPN.OUT_CHANNELS``, GN, and pads images as Detectron2's FPN does, and
+its cells are the neck study's recipe (3 residual cells, learned P6/P7 from C5;
+``docs/neck_study.md``). EfficientDet's configs set EfficientDet's own cells explicitly.
 """
 from collections.abc import Iterable
 from typing import Any
@@ -39,7 +41,7 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Width W; 0 = MODEL.FPN.OUT_CHANNELS (256 in Detectron2's configs), the width that
     # Detectron2's and LazyConfig heads are sized for. EfficientDet: 64 * 1.35**phi.
     cfg.MODEL.BIFPN.OUT_CHANNELS = 0
-    cfg.MODEL.BIFPN.NUM_CELLS = 6  # depth D, repeated cells (EfficientDet: 3 + phi)
+    cfg.MODEL.BIFPN.NUM_CELLS = 3  # depth D, repeated cells (EfficientDet: 3 + phi)
     # Coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet ones, and under the
     # SemanticSegmentor meta-architecture the last level SEM_SEG_HEAD.IN_FEATURES reads.
     cfg.MODEL.BIFPN.MAX_LEVEL = 0
@@ -58,13 +60,15 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.BIFPN.NORM_MOMENTUM = 0.01
     cfg.MODEL.BIFPN.SAME_PADDING = False  # TF "SAME" max-pool padding, for tf_ checkpoints
     cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = False  # redundant conv biases of TF EfficientDet
-    # Levels above the last input: "efficientdet" (1x1 conv + norm + max-pools) or
-    # "p6p7_c5" (RetinaNet's strided 3x3 convs from the last input, learned).
-    cfg.MODEL.BIFPN.TOP_BLOCK = "efficientdet"
+    # Levels above the last input: "p6p7_c5" (RetinaNet's strided 3x3 convs from the last
+    # input, learned; one level, P6, for R-CNN pyramids) or "efficientdet" (1x1 conv + norm +
+    # max-pools, EfficientDet's).
+    cfg.MODEL.BIFPN.TOP_BLOCK = "p6p7_c5"
     cfg.MODEL.BIFPN.CONV_INIT = "xavier_uniform"  # cell convs: | "c2_xavier" (Detectron2's FPN)
     # Residual cells: each cell whose inputs have the neck's width adds them to its outputs
-    # and starts as the identity (zero-initialised output norm scales).
-    cfg.MODEL.BIFPN.RESIDUAL = False
+    # and starts as the identity (zero-initialised output norm scales). False: EfficientDet's
+    # plain cells, which train slower the deeper they are stacked (docs/neck_study.md).
+    cfg.MODEL.BIFPN.RESIDUAL = True
     # Learning rate of the BiFPN's parameters (top block and cells) as a multiple of
     # SOLVER.BASE_LR; applied by bifpn_d2's trainer (tools/train_net.py).
     cfg.MODEL.BIFPN.LR_FACTOR = 1.0

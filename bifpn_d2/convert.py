@@ -99,7 +99,13 @@ def convert_effdet_state_dict(
     Returns:
         ``(converted, unconverted)``: the state dict for ``model.load_state_dict`` and the
         effdet keys it does not cover (the heads).
+    Raises:
+        ValueError: ``model`` has residual cells, which effdet's BiFPN does not have (the
+            weights would load and the outputs differ).
     """
+    if any(cell.residual for cell in model.cells):
+        raise ValueError("effdet's BiFPN cells are plain: the model to convert into needs "
+                         "MODEL.BIFPN.RESIDUAL False (the configs in configs/EfficientDet set it)")
     num_inputs = len(model.in_features)
     converted: Dict[str, torch.Tensor] = {}
     unconverted: List[str] = []

@@ -46,13 +46,22 @@ _FPN_ONLY = ("square_pad",)
 
 
 def bifpn_backbone(bottom_up: Backbone, in_features: Sequence[str], out_channels: int, extra_levels: int,
-                   **options: Any) -> BiFPN:
+                   top_block_type: str = "p6p7_c5", **options: Any) -> BiFPN:
     """A :class:`BiFPN` over ``in_features`` of ``bottom_up`` with ``extra_levels`` levels
-    above the last of them (made by its EfficientDet top block): the target
-    :func:`use_bifpn` gives ``model.backbone``, since the last input level is known only
-    once the bottom-up network is built. ``options``: the other :class:`BiFPN` arguments."""
+    above the last of them, made as ``MODEL.BIFPN.TOP_BLOCK`` says (``top_block_type``:
+    ``"p6p7_c5"``, strided convs from the last input, up to 2 levels; ``"efficientdet"``,
+    max-pools): the target :func:`use_bifpn` gives ``model.backbone``, since the last input
+    level is known only once the bottom-up network is built. ``options``: the other
+    :class:`BiFPN` arguments."""
     last = pyramid_levels(bottom_up, in_features)[-1]
-    return BiFPN(bottom_up, in_features, out_channels, max_level=last + extra_levels, **options)
+    top_block = None  # BiFPN's default: EfficientDet's
+    if top_block_type == "p6p7_c5" and extra_levels > 0:
+        channels = bottom_up.output_shape()[in_features[-1]].channels
+        top_block = ConvP6P7TopBlock(channels, out_channels, in_features[-1], extra_levels)
+    elif top_block_type != "efficientdet":
+        raise ValueError(f"top_block_type={top_block_type!r} is not one of ['p6p7_c5', 'efficientdet']")
+    return BiFPN(bottom_up, in_features, out_channels, max_level=last + extra_levels, top_block=top_block,
+                 **options)
 
 
 def _target(node: DictConfig) -> Any:
@@ -94,7 +103,8 @@ def _extra_levels(backbone: DictConfig) -> int:
 def _default_bifpn_options() -> Dict[str, Any]:
     """The defaults of ``add_bifpn_config``'s ``MODEL.BIFPN`` keys, as BiFPN arguments: a
     LazyConfig model gets the BiFPN a YAML config gets from ``MODEL.BACKBONE.NAME``."""
-    return bifpn_options(add_bifpn_config(get_cfg()))
+    cfg = add_bifpn_config(get_cfg())
+    return {**bifpn_options(cfg), "top_block_type": cfg.MODEL.BIFPN.TOP_BLOCK}
 
 
 def use_bifpn(model: DictConfig, **options: Any) -> DictConfig:

@@ -21,7 +21,7 @@ import bifpn_d2
 from bifpn_d2.modeling import builders
 
 # Every builder this project registers, and the pyramid ones (all but the bare EfficientNet).
-BUILDERS: List[str] = list(builders.__all__)
+BUILDERS: List[str] = [name for name in builders.__all__ if name.startswith("build_")]
 PYRAMID_BUILDERS: List[str] = [b for b in BUILDERS if b != "build_efficientnet_backbone"]
 # For the slow checks (export): every ResNet builder, and EfficientNet under each neck and
 # each pyramid flavour once (the EfficientNet bottom-up costs most of the time).
@@ -111,6 +111,7 @@ def tiny_efficientdet_cfg() -> CfgNode:
     each head net, every candidate kept (random weights score low)."""
     cfg = tiny_cfg("build_retinanet_efficientnet_bifpn_backbone")
     cfg.MODEL.META_ARCHITECTURE = "EfficientDet"
+    cfg.MODEL.BIFPN.RESIDUAL, cfg.MODEL.BIFPN.TOP_BLOCK = False, "efficientdet"  # EfficientDet's cells
     cfg.MODEL.EFFICIENTDET.NUM_CLASSES = 3
     cfg.MODEL.EFFICIENTDET.NUM_REPEATS = 1
     cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = 0.0

@@ -6,7 +6,7 @@ from detectron2.config import get_cfg
 import bifpn_d2
 from bifpn_d2.modeling import builders
 
-BUILDER_NAMES = [name for name in builders.__all__ if name != "build_efficientnet_backbone"]
+BUILDER_NAMES = [n for n in builders.__all__ if n.startswith("build_") and n != "build_efficientnet_backbone"]
 
 torch.set_num_threads(2)
 

@@ -213,8 +213,12 @@ def test_convert_effdet(tf_port, tmp_path):
     cfg.MODEL.EFFICIENTNET.NAME = f"{prefix}efficientnet_b0"
     cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.NUM_CELLS = 64, 3
     cfg.MODEL.BIFPN.SAME_PADDING = cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = tf_port
-    (tmp_path / "d0.yaml").write_text(cfg.dump())
     files = [str(tmp_path / "effdet_d0.pth"), str(tmp_path / "d2.pth")]
+    (tmp_path / "d0.yaml").write_text(cfg.dump())  # the default cells: residual, learned P6/P7
+    with pytest.raises(ValueError, match="effdet's BiFPN cells are plain"):
+        convert_effdet_file(*files, str(tmp_path / "d0.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg.MODEL.BIFPN.RESIDUAL, cfg.MODEL.BIFPN.TOP_BLOCK = False, "efficientdet"  # effdet's
+    (tmp_path / "d0.yaml").write_text(cfg.dump())
     report = convert_effdet_file(*files, str(tmp_path / "d0.yaml"), ["MODEL.DEVICE", "cpu"])
     assert report.missing == []
     assert report.unexpected and all(k.startswith(("class_net.", "box_net.")) for k in report.unexpected)

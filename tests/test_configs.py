@@ -11,7 +11,6 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import bifpn_d2
@@ -72,19 +71,20 @@ def test_yaml_config_builds(name):
 
 @pytest.mark.parametrize("name", [n for n in YAML_CONFIGS if n.startswith("synthetic/") and "Base-" not in n])
 def test_synthetic_config_trains_one_step(name):
-    """The configs the main job trains: CPU, nothing pretrained or frozen, finite losses
-    and a gradient in every parameter of the neck."""
+    """The configs of the main job and the neck study's pairs: CPU, nothing pretrained or
+    frozen, finite losses and a gradient in every parameter of the neck, on two images of
+    the tiny split of their own task (boxes, masks or semantic maps), as the loader gives them."""
+    from detectron2.data import DatasetCatalog, DatasetMapper
+
     cfg = load_yaml(name)
     assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
-    assert cfg.DATASETS.TRAIN[0].startswith("synthetic_shapes")
+    assert cfg.DATASETS.TRAIN[0].startswith("synthetic_shapes_train")
+    suffix = cfg.DATASETS.TRAIN[0][len("synthetic_shapes_train"):]
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128"])
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    instances = Instances(
-        (128, 128),
-        gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 60.0, 70.0], [70, 5, 120, 40]])),
-        gt_classes=torch.tensor([0, 3]),
-    )
-    batch = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8), "instances": instances}] * 2
+    mapper = DatasetMapper(cfg, is_train=True)
+    batch = [mapper(d) for d in DatasetCatalog.get(f"synthetic_shapes_tiny_train{suffix}")[:2]]
     with EventStorage():
         losses = model(batch)
     total = sum(losses.values())

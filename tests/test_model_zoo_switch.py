@@ -54,3 +54,46 @@ def test_model_zoo_fpn_checkpoint_loads(flavour, backbone_name):
     our_model = build_model(_zoo_cfg(flavour, backbone_name))
     result = our_model.load_state_dict(zoo_model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+@pytest.mark.parametrize("flavour", ["retinanet", "rcnn"])
+def test_switching_the_name_alone_builds_the_study_recipe(flavour):
+    """A Detectron2 config that changes only MODEL.BACKBONE.NAME gets the neck study's
+    recipe: residual cells (every cell after the first, whose inputs have the neck's width)
+    and P6 (P7) learned from C5 by strided convs, 3 cells, GN."""
+    from bifpn_d2 import ConvP6P7TopBlock
+    from bifpn_d2.modeling import bifpn_switch
+
+    cfg = _zoo_cfg(flavour)
+    cfg.MODEL.BACKBONE.NAME = bifpn_switch(cfg.MODEL.BACKBONE.NAME)
+    backbone = build_model(cfg).backbone
+    assert [cell.residual for cell in backbone.cells] == [False, True, True]
+    assert isinstance(backbone.top_block, ConvP6P7TopBlock) and backbone.top_block.in_feature == "res5"
+    assert backbone.top_block.num_levels == (2 if flavour == "retinanet" else 1)
+    assert type(backbone.cells[0].nodes[0].conv.norm).__name__ == "GroupNorm"
+
+
+def test_synthetic_pairs_differ_only_in_the_backbone_name():
+    """Each shipped synthetic BiFPN config is its FPN config with the backbone name switched
+    (what tools/compare_necks.py trains), so the study's pairs are what a user gets."""
+    from pathlib import Path
+
+    from bifpn_d2.engine.config import load_config
+    from bifpn_d2.modeling import bifpn_switch
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+    for fpn in sorted(root.glob("*-FPN.yaml")):
+        fpn_cfg = load_config(str(fpn))
+        switched = load_config(str(fpn), ["MODEL.BACKBONE.NAME", bifpn_switch(fpn_cfg.MODEL.BACKBONE.NAME)])
+        shipped = load_config(str(fpn).replace("-FPN.yaml", "-BiFPN.yaml"))
+        for cfg in (switched, shipped):
+            cfg.OUTPUT_DIR = ""
+            cfg.MODEL.FPN.FUSE_TYPE = "sum"
+        assert switched == shipped, fpn.name
+
+
+def test_switch_refuses_a_backbone_without_an_fpn():
+    from bifpn_d2.modeling import bifpn_switch
+
+    with pytest.raises(ValueError, match="build_resnet_backbone.*is not an FPN to switch; FPN backbones: "):
+        bifpn_switch("build_resnet_backbone")

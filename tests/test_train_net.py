@@ -360,27 +360,29 @@ def test_main_job_quick(tmp_path, env):
 
 
 def test_neck_study_quick(tmp_path, env):
-    """Arms by name, two seeds each, side by side: the table, its CSV and the plots (fusion
-    weights need the fast normalized and softmax arms); a second call reuses every finished
-    run; --report-only with a group tabulates the finished runs of that group, training none."""
+    """Arms by pair/name, two seeds each, side by side, a detection pair and the semantic
+    pair (its own datasets): the table, its CSV and the plot; a second call reuses every
+    finished run; --report-only with a group tabulates the finished runs of that group,
+    training none."""
     output_dir = tmp_path / "study"
-    args = ["--quick", "--arms", "fpn", "bifpn_before", "fusion_softmax", "--seeds", "0", "1", "--jobs", "2",
-            "--output-dir", str(output_dir)]
+    arms = ["retinanet/fpn", "retinanet/candidate", "semantic_fpn/plain"]
+    args = ["--quick", "--arms", *arms, "--seeds", "0", "1", "--jobs", "2", "--output-dir", str(output_dir)]
     result = run_tool("neck_study.py", args, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_csv_rows(output_dir / "neck_study.csv")
-    assert [r["model"] for r in rows] == ["fpn", "bifpn_before", "fusion_softmax"]
+    assert [f"{r['pair']}/{r['arm']}" for r in rows] == arms
+    assert [r["metric"] for r in rows] == ["bbox/AP", "bbox/AP", "sem_seg/mIoU"]
     assert all(r["seeds"] == "0 1" and float(r["GFLOPs"]) > 0 for r in rows)
-    for name in ("neck_study.png", "neck_study_fusion.png"):
-        assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (output_dir / "fpn" / "seed1" / "metrics.json").is_file()
+    assert rows[1]["wins"] == "no" and not rows[0]["wins"]  # tiny runs win nothing; the FPN is the reference
+    assert (output_dir / "neck_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (output_dir / "semantic_fpn" / "plain" / "seed1" / "metrics.json").is_file()
     again = run_tool("neck_study.py", args, env)
     assert again.returncode == 0 and again.stdout.count("done before, reusing") == 6
     report_args = ["--quick", "--arms", "reference", "--seeds", "0", "1", "--report-only"]
     report = run_tool("neck_study.py", report_args + ["--output-dir", str(output_dir)], env)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert "start " not in report.stdout
-    assert [r["model"] for r in read_csv_rows(output_dir / "neck_study.csv")] == ["fpn", "bifpn_before"]
+    assert [r["arm"] for r in read_csv_rows(output_dir / "neck_study.csv")] == ["fpn", "candidate"]
 
 
 def read_csv_rows(path: Path) -> list:
@@ -399,3 +401,26 @@ def test_neck_lr_factor():
     for name, p in model.named_parameters():
         in_neck = name.startswith("backbone.") and not name.startswith("backbone.bottom_up.")
         assert lr_of[id(p)] == pytest.approx(BASE_LR * (3.0 if in_neck else 1.0)), name
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config-file", "EfficientDet/EfficientDet-D0.yaml", "MODEL.DEVICE", "cpu"],
+         "is not an FPN to switch; FPN backbones: ['build_efficientnet_weighted_fpn_backbone'"),
+        (["--config-file", "synthetic/RetinaNet-R18-FPN.yaml", "DATASETS.TRAIN", "('my_train',)"],
+         "DATASETS.TRAIN names 'my_train', which is not a registered dataset"),
+        (["--config-file", "synthetic/RetinaNet-R18-FPN.yaml", "--seeds"], "expected at least one argument"),
+        (["--config-file", "synthetic/RetinaNet-R18-FPN.yaml", "MODEL.BIFPN.NUM_CELLS", "0"],
+         "MODEL.BIFPN.NUM_CELLS=0 is not valid"),
+    ],
+)
+def test_compare_necks_refuses_bad_input_before_training(args, expected, tmp_path, env):
+    """A config without an FPN, a dataset that is not registered, a bad option or value:
+    one line, exit status 2, nothing trained or written."""
+    output_dir = tmp_path / "compare"
+    result = run_tool("compare_necks.py", ["--output-dir", str(output_dir), *args], env)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "start " not in result.stdout and not output_dir.exists()

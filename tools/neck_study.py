@@ -29,7 +29,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
 from benchmarks.comparison import ROOT, measure_cost, run_all, schedule_overrides
-from benchmarks.neck_study import ARMS, GROUPS, arm_runs, fusion_speed, summarize_arms, write_report
+from benchmarks.neck_study import (
+    ARMS,
+    FIRST_STUDY,
+    GROUPS,
+    PAIRS,
+    arm_runs,
+    fusion_speed,
+    summarize_arms,
+    write_report,
+)
 from bifpn_d2.data import TINY_OVERRIDES, ensure_generated
 from bifpn_d2.engine.config import ConfigError, load_config
 
@@ -44,7 +53,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arms", nargs="+", default=["all"], help="arm names or groups (default: all)")
+    parser.add_argument(
+        "--arms", nargs="+", default=["all"],
+        help=f"arms (pair/name or name), groups or pairs (default: all, except the {FIRST_STUDY!r} group)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--iters", type=int, help="iterations of a 1x arm (default: the config's MAX_ITER)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs side by side")
@@ -62,32 +74,48 @@ def main(argv=None) -> None:
 
     if args.list:
         for arm in ARMS:
-            print(f"{arm.name:20s} {arm.group:14s} {arm.question}")
+            print(f"{arm.key:32s} {arm.group:14s} {arm.question}")
         return
-    unknown = [a for a in args.arms if a != "all" and a not in GROUPS and a not in {arm.name for arm in ARMS}]
+    names = {arm.name for arm in ARMS} | {arm.key for arm in ARMS} | set(GROUPS) | set(PAIRS)
+    unknown = [a for a in args.arms if a != "all" and a not in names]
     if unknown:
-        parser.error(f"unknown arms {unknown}; arms: {[a.name for a in ARMS]}, groups: {GROUPS}, or all")
+        parser.error(f"unknown arms {unknown}; arms: {[a.key for a in ARMS]}, groups: {GROUPS}, "
+                     f"pairs: {sorted(PAIRS)}, or all")
     if args.jobs < 1 or args.threads < 1 or (args.iters is not None and args.iters < 1):
         parser.error("--jobs, --threads and --iters must be >= 1")
-    arms = [a for a in ARMS if "all" in args.arms or a.name in args.arms or a.group in args.arms]
+
+    def chosen(arm) -> bool:
+        if "all" in args.arms and arm.group != FIRST_STUDY:
+            return True
+        return bool({arm.name, arm.key, arm.group, arm.pair} & set(args.arms))
+
+    arms = [a for a in ARMS if chosen(a)]
 
     base_opts = (TINY_OVERRIDES if args.quick else []) + args.opts
     # Configs read here only for the schedule, datasets and costs (measured on the CPU),
     # so a study trained on a GPU can be tabulated on a machine without one.
     on_cpu = ["MODEL.DEVICE", "cpu"]
-    reference = load_config(str(ROOT / arms[0].config), base_opts + on_cpu)
+    configs = {}
+    for arm in arms:  # schedules, datasets and costs of each config
+        configs.setdefault(arm.config, load_config(str(ROOT / arm.config), base_opts + arm.opts() + on_cpu))
+    reference = configs[arms[0].config]
     device = dict(zip(args.opts[::2], args.opts[1::2])).get("MODEL.DEVICE", "cpu")
-    solver = reference.SOLVER
-    iters = args.iters or (QUICK_ITERS if args.quick else solver.MAX_ITER)
 
     def schedule(arm):
-        total = iters * arm.iters_factor
+        solver = configs[arm.config].SOLVER  # each pair's own schedule
+        total = (args.iters or (QUICK_ITERS if args.quick else solver.MAX_ITER)) * arm.iters_factor
         opts = schedule_overrides(solver.MAX_ITER, solver.STEPS, solver.WARMUP_ITERS, total)
-        return opts + ["TEST.EVAL_PERIOD", str(total // arm.eval_points if arm.eval_points > 1 else 0)]
+        opts += ["TEST.EVAL_PERIOD", str(total // arm.eval_points if arm.eval_points > 1 else 0)]
+        if args.quick:  # the tiny splits, for this pair's task
+            suffix = PAIRS[arm.pair].task_suffix
+            opts += ["DATASETS.TRAIN", f"('synthetic_shapes_tiny_train{suffix}',)",
+                     "DATASETS.TEST", f"('synthetic_shapes_tiny_val{suffix}',)"]
+        return opts
 
     output_dir = Path(args.output_dir).resolve()
-    for name in reference.DATASETS.TRAIN + reference.DATASETS.TEST:
-        ensure_generated(name)
+    for cfg in configs.values():
+        for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+            ensure_generated(name)
     results = arm_runs(arms, args.seeds, output_dir, base_opts, schedule)
     say(f"{len(arms)} arms x {len(args.seeds)} seeds, {args.jobs} at a time, {args.threads} thread(s) each")
     if args.report_only:  # is_done() reads each finished run's metrics
@@ -96,19 +124,19 @@ def main(argv=None) -> None:
         if not results:
             parser.error(f"--report-only: no finished run in {output_dir}")
     else:
-        longest_first = sorted(results, key=lambda pair: -pair[0].iters_factor)
+        longest_first = sorted(results, key=lambda pair: -pair[0].iters_factor)  # stable: else as listed
         run_all([run for _, run in longest_first], args.jobs, args.threads, say)
 
     costs = {}
     for arm in arms:
-        cfg = load_config(str(ROOT / arm.config), base_opts + arm.opts() + on_cpu)
-        costs[arm.name] = measure_cost(cfg)
+        cfg = load_config(str(ROOT / arm.config), base_opts + arm.opts() + schedule(arm) + on_cpu)
+        costs[arm.key] = measure_cost(cfg)
     rows = summarize_arms(results, costs)
     speed = fusion_speed() if not args.quick else {}
+    length = f"{args.iters} iterations" if args.iters else "each pair's schedule"
     title = (
-        f"{reference.MODEL.META_ARCHITECTURE} R{reference.MODEL.RESNETS.DEPTH} on "
-        f"{reference.DATASETS.TEST[0]}, {iters} iterations (1x), seeds {', '.join(map(str, args.seeds))}, "
-        f"trained on {device}"
+        f"Neck study: R{reference.MODEL.RESNETS.DEPTH} from scratch on {reference.DATASETS.TRAIN[0]}, "
+        f"{length}, seeds {', '.join(map(str, args.seeds))}, trained on {device}"
     )
     for path in write_report(rows, results, speed, output_dir, title):
         say(f"wrote {path}")

@@ -28,6 +28,8 @@ from .pyramid_graph import GRAPHS, pyramid_levels
 from .top_blocks import TOP_BLOCKS, ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
 
 __all__ = [
+    "BIFPN_SWITCH",
+    "bifpn_switch",
     "build_efficientnet_backbone",
     "build_resnet_bifpn_backbone",
     "build_retinanet_resnet_bifpn_backbone",
@@ -267,3 +269,27 @@ def build_efficientnet_weighted_fpn_backbone(cfg, input_shape: ShapeSpec) -> Wei
 def build_retinanet_efficientnet_weighted_fpn_backbone(cfg, input_shape: ShapeSpec) -> WeightedFPN:
     """EfficientNet + our FPN, RetinaNet pyramid."""
     return _build_fpn(cfg, input_shape, "efficientnet", "retinanet")
+
+
+# MODEL.BACKBONE.NAME of an FPN (Detectron2's or ours) -> the BiFPN builder of the same
+# bottom-up network and flavour: what "switching to the BiFPN" changes in a YAML config.
+BIFPN_SWITCH = {
+    "build_resnet_fpn_backbone": "build_resnet_bifpn_backbone",
+    "build_retinanet_resnet_fpn_backbone": "build_retinanet_resnet_bifpn_backbone",
+    "build_resnet_weighted_fpn_backbone": "build_resnet_bifpn_backbone",
+    "build_retinanet_resnet_weighted_fpn_backbone": "build_retinanet_resnet_bifpn_backbone",
+    "build_efficientnet_weighted_fpn_backbone": "build_efficientnet_bifpn_backbone",
+    "build_retinanet_efficientnet_weighted_fpn_backbone": "build_retinanet_efficientnet_bifpn_backbone",
+}
+
+
+def bifpn_switch(backbone_name: str) -> str:
+    """The BiFPN builder that replaces the FPN builder ``backbone_name``.
+
+    Raises:
+        ValueError: ``backbone_name`` is not an FPN builder (the message lists them).
+    """
+    if backbone_name not in BIFPN_SWITCH:
+        raise ValueError(f"MODEL.BACKBONE.NAME={backbone_name!r} is not an FPN to switch; FPN backbones: "
+                         f"{sorted(BIFPN_SWITCH)}")
+    return BIFPN_SWITCH[backbone_name]

@@ -1,10 +1,11 @@
-"""RetinaNet R50 with a BiFPN neck (160 channels, 6 cells, P3-P7), Detectron2's 1x schedule:
-the LazyConfig twin of ``configs/COCO-Detection/RetinaNet-R50-BiFPN_1x.yaml``."""
+"""RetinaNet R50 with a BiFPN neck (160 channels, 6 residual cells, P3-P7 with P6/P7 learned
+from res5), Detectron2's 1x schedule: the LazyConfig twin of
+``configs/COCO-Detection/RetinaNet-R50-BiFPN_1x.yaml``."""
 
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from bifpn_d2 import BiFPN
+from bifpn_d2 import BiFPN, ConvP6P7TopBlock
 
 from .common import coco_dataloader, retinanet, schedule_1x, sgd, train_options
 
@@ -19,7 +20,9 @@ model = retinanet(
         in_features="${.bottom_up.out_features}",
         out_channels=160,
         num_cells=6,
-        max_level=7,  # P6, P7 above res5 (stride 32), made by the BiFPN's top block
+        max_level=7,
+        top_block=L(ConvP6P7TopBlock)(in_channels=2048, out_channels=160, in_feature="res5"),  # P6, P7
+        residual=True,  # the neck study's recipe, as the YAML twin
         norm="SyncBN",
     ),
     num_convs=4,
