@@ -75,8 +75,8 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Run the cells in channels-last memory layout; the outputs are then channels-last
     # tensors (same values). Several times faster depthwise convs and pools on CPU.
     cfg.MODEL.BIFPN.CHANNELS_LAST = True
-    # Earlier names, still read when set: FUSION (now FUSE_TYPE) and FUSION_EPS (now
-    # MODEL.FPN.FUSION_EPS, shared by both necks).
+    # Earlier names, kept so that a config still setting them gets an error naming the new
+    # key: FUSION (now FUSE_TYPE) and FUSION_EPS (now MODEL.FPN.FUSION_EPS, both necks).
     cfg.MODEL.BIFPN.FUSION = ""
     cfg.MODEL.BIFPN.FUSION_EPS = -1.0
 

@@ -68,7 +68,7 @@ def _set(cfg: CfgNode, key: str, value) -> None:
 
 # (builder, {key: bad value}, the key named in the error, what the error says is allowed)
 INVALID_CONFIGS = [
-    (RETINA_BIFPN, {"MODEL.BIFPN.FUSION": "fastest"}, "MODEL.BIFPN.FUSION", "'fast_normalized'"),
+    (RETINA_BIFPN, {"MODEL.BIFPN.FUSE_TYPE": "fastest"}, "MODEL.BIFPN.FUSE_TYPE", "'fast_normalized'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.NORM": "LayerNorm"}, "MODEL.BIFPN.NORM", "'NaiveSyncBN'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.GRAPH": "nasfpn"}, "MODEL.BIFPN.GRAPH", "'panet'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.ACTIVATION": "gelu"}, "MODEL.BIFPN.ACTIVATION", "'swish'"),

@@ -115,7 +115,8 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     "builder, overrides",
     [
         ("build_retinanet_resnet_bifpn_backbone", []),
-        ("build_resnet_bifpn_backbone", ["MODEL.BIFPN.FUSION", "softmax", "MODEL.BIFPN.SAME_PADDING", True]),
+        ("build_resnet_bifpn_backbone",
+         ["MODEL.BIFPN.FUSE_TYPE", "softmax", "MODEL.BIFPN.SAME_PADDING", True]),
         ("build_retinanet_efficientnet_bifpn_backbone", ["MODEL.BIFPN.BIAS_BEFORE_NORM", True]),
         (
             "build_resnet_weighted_fpn_backbone",

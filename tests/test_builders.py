@@ -127,7 +127,7 @@ def test_bifpn_takes_detectron2_norm_names(norm):
 
 def test_fusion_keys_old_and_new():
     """MODEL.BIFPN.FUSE_TYPE (as MODEL.FPN.FUSE_TYPE) and MODEL.FPN.FUSION_EPS set the
-    BiFPN's fusion; the earlier MODEL.BIFPN.FUSION / FUSION_EPS are still read when set."""
+    BiFPN's fusion; the earlier MODEL.BIFPN.FUSION / FUSION_EPS are refused, naming the new key."""
     def fusion_of(**keys):
         cfg = small_cfg("build_retinanet_resnet_bifpn_backbone")
         for key, value in keys.items():
@@ -138,4 +138,8 @@ def test_fusion_keys_old_and_new():
 
     assert fusion_of() == ("fast_normalized", 1e-4)
     assert fusion_of(MODEL__BIFPN__FUSE_TYPE="softmax", MODEL__FPN__FUSION_EPS="0.01") == ("softmax", 0.01)
-    assert fusion_of(MODEL__BIFPN__FUSION="sum", MODEL__BIFPN__FUSION_EPS="0.001") == ("sum", 0.001)
+    with pytest.raises(ValueError, match="MODEL.BIFPN.FUSION was renamed MODEL.BIFPN.FUSE_TYPE; set "
+                       "MODEL.BIFPN.FUSE_TYPE 'sum' instead"):
+        fusion_of(MODEL__BIFPN__FUSION="sum")
+    with pytest.raises(ValueError, match="MODEL.BIFPN.FUSION_EPS was renamed MODEL.FPN.FUSION_EPS"):
+        fusion_of(MODEL__BIFPN__FUSION_EPS="0.001")

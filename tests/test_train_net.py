@@ -196,7 +196,10 @@ def test_unknown_key_is_one_line_naming_the_key(tmp_path, env):
             ["SOLVER.MAX_ITER", "many"],
             "config key SOLVER.MAX_ITER on the command line expects a value of type int",
         ),
-        (["MODEL.BIFPN.FUSION", "bogus"], "cannot build the model: MODEL.BIFPN.FUSION='bogus' is not valid"),
+        (["MODEL.BIFPN.FUSE_TYPE", "bogus"],
+         "cannot build the model: MODEL.BIFPN.FUSE_TYPE='bogus' is not valid"),
+        (["MODEL.BIFPN.FUSION", "sum"],
+         "cannot build the model: MODEL.BIFPN.FUSION was renamed MODEL.BIFPN.FUSE_TYPE"),
         (["SOLVER.MAX_ITER"], "overrides must be KEY VALUE pairs"),
     ],
 )

@@ -104,9 +104,17 @@ def _size_divisibility(cfg) -> Optional[int]:
     return None if value == -1 else value
 
 
-def _fusion_eps(cfg) -> float:
-    """MODEL.FPN.FUSION_EPS, or the earlier MODEL.BIFPN.FUSION_EPS when a config sets it."""
-    return cfg.MODEL.BIFPN.FUSION_EPS if cfg.MODEL.BIFPN.FUSION_EPS >= 0 else cfg.MODEL.FPN.FUSION_EPS
+# Keys of earlier versions: setting one is an error that names its replacement.
+RENAMED_KEYS = {"FUSION": "MODEL.BIFPN.FUSE_TYPE", "FUSION_EPS": "MODEL.FPN.FUSION_EPS"}
+
+
+def _check_renamed_keys(cfg) -> None:
+    """Refuse ``MODEL.BIFPN.FUSION`` / ``FUSION_EPS`` (set away from their unset values)."""
+    bc = cfg.MODEL.BIFPN
+    for key, new_key in RENAMED_KEYS.items():
+        if bc.get(key) not in ("", -1.0, None):
+            raise ValueError(f"MODEL.BIFPN.{key} was renamed {new_key}; set {new_key} {bc.get(key)!r} "
+                             "instead")
 
 
 def _top_block(name: str, cfg, bottom_up: Backbone, levels: List[int], out_channels: int, num_levels: int,
@@ -144,18 +152,18 @@ def bifpn_options(cfg) -> Dict[str, Any]:
     set, checked: everything but the bottom-up network, its features, the width, the levels
     and the top block. The LazyConfig helpers take their defaults from here too."""
     bc = cfg.MODEL.BIFPN
-    fuse_type = bc.FUSION or bc.FUSE_TYPE  # the earlier key wins where a config still sets it
+    _check_renamed_keys(cfg)
     check_positive("MODEL.BIFPN.NUM_CELLS", bc.NUM_CELLS)
     check_choice("MODEL.BIFPN.GRAPH", bc.GRAPH, sorted(GRAPHS))
-    check_choice("MODEL.BIFPN.FUSION" if bc.FUSION else "MODEL.BIFPN.FUSE_TYPE", fuse_type, FUSION_METHODS)
+    check_choice("MODEL.BIFPN.FUSE_TYPE", bc.FUSE_TYPE, FUSION_METHODS)
     check_choice("MODEL.BIFPN.ACTIVATION", bc.ACTIVATION, ACTIVATIONS)
     check_choice("MODEL.BIFPN.NORM", bc.NORM, NORMS + NORM_ALIASES)
     check_choice("MODEL.BIFPN.CONV_INIT", bc.CONV_INIT, CONV_INITS)
     return dict(
         num_cells=bc.NUM_CELLS,
         graph=bc.GRAPH,
-        fusion=fuse_type,
-        fusion_eps=_fusion_eps(cfg),
+        fusion=bc.FUSE_TYPE,
+        fusion_eps=cfg.MODEL.FPN.FUSION_EPS,
         activation=bc.ACTIVATION,
         separable_conv=bc.SEPARABLE_CONV,
         norm=bc.NORM,
@@ -219,8 +227,9 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     # Detectron2's P6/P7 are two levels whatever the flavour; EfficientDet's fill the flavour.
     num_levels = FLAVOURS[flavour].num_extra_levels if top_name == "efficientdet" else 2
     top_block = _top_block(top_name, cfg, bottom_up, levels, fc.OUT_CHANNELS, num_levels, LayerStyle(fc.NORM))
+    _check_renamed_keys(cfg)
     return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE,
-                       _fusion_eps(cfg), size_divisibility)
+                       fc.FUSION_EPS, size_divisibility)
 
 
 @BACKBONE_REGISTRY.register()
