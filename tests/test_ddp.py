@@ -40,6 +40,9 @@ def _train_replica(norm: str, rank: int) -> dict:
     torch.manual_seed(0)
     cfg = tiny_cfg("build_retinanet_resnet_bifpn_backbone")
     cfg.MODEL.BIFPN.NORM = norm
+    # Plain cells: every parameter moves from the first step (a residual cell's zero-scaled
+    # output norms hold back the convs before them until their scales have moved).
+    cfg.MODEL.BIFPN.RESIDUAL = False
     model = build_model(cfg).train()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     # broadcast_buffers=False: batch-norm statistics agree across ranks only if the norm syncs.
