@@ -27,6 +27,7 @@ __all__ = [
     "mean_and_sd",
     "primary_metric",
     "read_metrics",
+    "tiny_splits",
     "run_all",
     "schedule_overrides",
     "summarize",
@@ -341,16 +342,19 @@ def summarize(
 QUICK_ITERS = 2
 
 
+def tiny_splits(task_suffix: str = "") -> List[str]:
+    """``DATASETS.TRAIN`` / ``TEST`` overrides: the tiny synthetic splits of one task
+    (``""`` instances, ``"_sem_seg"`` semantic maps)."""
+    return ["DATASETS.TRAIN", f"('synthetic_shapes_tiny_train{task_suffix}',)",
+            "DATASETS.TEST", f"('synthetic_shapes_tiny_val{task_suffix}',)"]
+
+
 def _tiny_overrides(cfg) -> List[str]:
     """The tiny synthetic splits for the task of ``cfg``'s datasets, at their 128 px."""
     from bifpn_d2.data import TINY_OVERRIDES
 
     suffix = "_sem_seg" if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" else ""
-    return TINY_OVERRIDES + [
-        "DATASETS.TRAIN", f"('synthetic_shapes_tiny_train{suffix}',)",
-        "DATASETS.TEST", f"('synthetic_shapes_tiny_val{suffix}',)",
-        "SOLVER.CHECKPOINT_PERIOD", "100000",
-    ]
+    return TINY_OVERRIDES + tiny_splits(suffix) + ["SOLVER.CHECKPOINT_PERIOD", "100000"]
 
 
 def compare_necks(

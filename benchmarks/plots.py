@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .comparison import METRICS, Run
 from .report import pyplot, save_figure
 
-__all__ = ["plot_ap_curves", "plot_arms", "plot_comparison", "plot_fusion_weights", "plot_pairs"]
+__all__ = ["plot_ap_curves", "plot_comparison", "plot_fusion_weights", "plot_pairs"]
 
 
 def _ap_bars(ax, groups: Dict[str, Sequence[Run]], metrics: Sequence[Tuple[str, str, Optional[str]]]) -> None:
@@ -57,34 +57,6 @@ def plot_comparison(
                  for name, key in METRICS if name not in ("AP", "AP75")]
     _ap_bars(right, groups, bars)
     right.set_title("Evaluation")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_arms(
-    rows: Sequence[Dict[str, object]], groups: Dict[str, Sequence[Run]], path: str, title: str
-) -> str:
-    """AP and AP_large per arm (``rows`` from ``summarize``, in that order): bars are the
-    means over seeds, dots the seeds, the dashed line the first row's mean."""
-    plt = pyplot()
-    order = [str(r["model"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(order) + 1.8), sharey=True)
-    for ax, (column, key) in zip(axes, [("AP", "bbox/AP"), ("AP_large", "bbox/APl")]):
-        ax.barh(
-            range(len(order)),
-            [float(r[column]) for r in rows],
-            alpha=0.6,
-            color=["C1" if k == 0 else "C0" for k in range(len(order))],
-        )
-        for label, runs in groups.items():
-            ax.plot([r.value(key) for r in runs], [order.index(label)] * len(runs), "k.")
-        ax.axvline(float(rows[0][column]), color="C1", linestyle="--", linewidth=1, label=f"{order[0]} mean")
-        ax.legend(loc="lower right", fontsize=8)
-        ax.set_xlabel(f"{column} (%): bar = mean over seeds, dots = seeds")
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(order)), order, fontsize=8)
-    axes[0].invert_yaxis()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)

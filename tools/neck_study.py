@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
-from benchmarks.comparison import ROOT, measure_cost, run_all, schedule_overrides
+from benchmarks.comparison import QUICK_ITERS, ROOT, measure_cost, run_all, schedule_overrides, tiny_splits
 from benchmarks.neck_study import (
     ARMS,
     FIRST_STUDY,
@@ -41,8 +41,6 @@ from benchmarks.neck_study import (
 )
 from bifpn_d2.data import TINY_OVERRIDES, ensure_generated
 from bifpn_d2.engine.config import ConfigError, load_config
-
-QUICK_ITERS = 2
 
 
 def say(message: str) -> None:
@@ -107,9 +105,7 @@ def main(argv=None) -> None:
         opts = schedule_overrides(solver.MAX_ITER, solver.STEPS, solver.WARMUP_ITERS, total)
         opts += ["TEST.EVAL_PERIOD", str(total // arm.eval_points if arm.eval_points > 1 else 0)]
         if args.quick:  # the tiny splits, for this pair's task
-            suffix = PAIRS[arm.pair].task_suffix
-            opts += ["DATASETS.TRAIN", f"('synthetic_shapes_tiny_train{suffix}',)",
-                     "DATASETS.TEST", f"('synthetic_shapes_tiny_val{suffix}',)"]
+            opts += tiny_splits(PAIRS[arm.pair].task_suffix)
         return opts
 
     output_dir = Path(args.output_dir).resolve()
