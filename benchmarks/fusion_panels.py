@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
-from bifpn_d2 import BiFPN, FrozenFusion, PyramidCell, WeightedFPN
+from bifpn_d2 import BiFPN, FrozenChannelFusion, FrozenFusion, PyramidCell, WeightedFPN
 
 from .report import pyplot, save_figure
 
@@ -27,7 +27,9 @@ def fusion_weights(fusion: nn.Module) -> List[float]:
     """The factor applied to each input of a fusion module (learnable or frozen)."""
     if isinstance(fusion, FrozenFusion):
         return list(fusion.weights)
-    return fusion.normalized_weights().detach().cpu().tolist()
+    if isinstance(fusion, FrozenChannelFusion):
+        return fusion.weight.mean(dim=(1, 2, 3, 4)).tolist()
+    return fusion.input_weights().detach().cpu().tolist()
 
 
 def cell_nodes(cell: PyramidCell, min_level: int) -> List[Node]:

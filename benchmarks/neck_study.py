@@ -180,6 +180,13 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
     ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
+    ("channel_fast_normalized", "fusion",
+     "the candidate with google/automl's channel-wise fast normalized fusion",
+     {"FUSE_TYPE": "channel_fast_normalized"}),
+    ("channel_softmax", "fusion", "the candidate with google/automl's channel-wise softmax fusion",
+     {"FUSE_TYPE": "channel_softmax"}),
+    ("neck_lr2", "schedule", "the candidate with the neck's learning rate doubled (MODEL.BIFPN.LR_FACTOR 2)",
+     {"LR_FACTOR": "2.0"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
@@ -327,8 +334,8 @@ def fusion_speed(
     repeats: int = 50, size: Tuple[int, int] = (40, 40), channels: int = 128
 ) -> Dict[str, float]:
     """Milliseconds of one fusion of 3 inputs, forward and backward, at P3 of the main job
-    (batch 4): fast normalized against softmax (and sum for scale), medians of
-    interleaved runs in this process."""
+    (batch 4): fast normalized against softmax, scalar and channel-wise (and sum for
+    scale), medians of interleaved runs in this process."""
     import torch
 
     from bifpn_d2.layers import WeightedFusion
@@ -336,7 +343,8 @@ def fusion_speed(
     from .measure import interleaved_times, median
 
     inputs = [torch.randn(4, channels, *size, requires_grad=True) for _ in range(3)]
-    fusions = {m: WeightedFusion(3, m) for m in ("fast_normalized", "softmax", "sum")}
+    methods = ("fast_normalized", "softmax", "channel_fast_normalized", "channel_softmax", "sum")
+    fusions = {m: WeightedFusion(3, m, channels=channels) for m in methods}
 
     def step(fusion):
         return lambda: fusion(inputs).sum().backward()

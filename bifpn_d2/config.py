@@ -47,7 +47,8 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.BIFPN.MAX_LEVEL = 0
     cfg.MODEL.BIFPN.GRAPH = "bifpn"  # "bifpn" | "panet"
     # The same key and values as MODEL.FPN.FUSE_TYPE: "fast_normalized" | "softmax" |
-    # "weighted" | "sum" | "avg".
+    # "weighted" | "sum" | "avg", or google/automl's channel-wise kinds (one weight per
+    # channel per input): "channel_fast_normalized" | "channel_softmax".
     cfg.MODEL.BIFPN.FUSE_TYPE = "fast_normalized"
     cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "none"
     cfg.MODEL.BIFPN.SEPARABLE_CONV = True  # depthwise-separable 3x3 (False: dense 3x3)

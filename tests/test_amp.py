@@ -48,28 +48,31 @@ def test_autocast_forward_backward(kind, fusion, dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "fp16"])
-@pytest.mark.parametrize("method", ["fast_normalized", "softmax", "weighted"])
+@pytest.mark.parametrize(
+    "method", ["fast_normalized", "softmax", "weighted", "channel_fast_normalized", "channel_softmax"]
+)
 def test_fusion_weights_normalised_in_float32(method, dtype):
     """A fusion cast to fp16/bf16 normalises its weights in float32, then casts them.
 
     The weights here are large enough that their fp16 sum overflows (> 65504): normalised
     in fp16, fast normalized fusion would give 0 * inputs."""
-    fusion = WeightedFusion(2, method)
-    with torch.no_grad():
-        fusion.weight.copy_(torch.tensor([40000.0, 30000.0]))
+    fusion = WeightedFusion(2, method, channels=2)
+    with torch.no_grad():  # every channel alike for the channel-wise kinds
+        fusion.weight.copy_(torch.tensor([40000.0, 30000.0]).view(2, *[1] * (fusion.weight.dim() - 1)))
     fusion = fusion.to(dtype)
     weights = fusion.normalized_weights()
     assert weights.dtype == torch.float32
-    reference = WeightedFusion(2, method)
+    reference = WeightedFusion(2, method, channels=2)
     with torch.no_grad():
         reference.weight.copy_(fusion.weight.float())
     torch.testing.assert_close(weights, reference.normalized_weights(), rtol=0, atol=0)
     inputs = [torch.ones(1, 2, 3, 3, dtype=dtype), torch.full((1, 2, 3, 3), 2.0, dtype=dtype)]
     out = fusion(inputs)
     assert out.dtype == dtype
+    weights = weights.view(2, -1, 1, 1)  # per input: one factor, or one per channel
     expected = (inputs[0].float() * weights[0] + inputs[1].float() * weights[1]).to(dtype)
     torch.testing.assert_close(out, expected)
-    if method == "fast_normalized":
+    if method.endswith("fast_normalized"):
         assert 1.0 < out.float().min() < 2.0
 
 

@@ -28,8 +28,9 @@ from benchmarks import (
     subject_config,
     time_models,
 )
-from bifpn_d2 import BiFPN, FrozenFusion, fold_for_inference
+from bifpn_d2 import BiFPN, FrozenChannelFusion, FrozenFusion, fold_for_inference
 from bifpn_d2.engine.config import load_config
+from bifpn_d2.layers import WeightedFusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,6 +118,7 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
         ("build_retinanet_resnet_bifpn_backbone", []),
         ("build_resnet_bifpn_backbone",
          ["MODEL.BIFPN.FUSE_TYPE", "softmax", "MODEL.BIFPN.SAME_PADDING", True]),
+        ("build_retinanet_resnet_bifpn_backbone", ["MODEL.BIFPN.FUSE_TYPE", "channel_fast_normalized"]),
         ("build_retinanet_efficientnet_bifpn_backbone", ["MODEL.BIFPN.BIAS_BEFORE_NORM", True]),
         (
             "build_resnet_weighted_fpn_backbone",
@@ -138,14 +140,19 @@ def test_fold_for_inference_keeps_outputs(make_cfg, builder, overrides):
     norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
     assert not any(isinstance(m, norms) for m in folded.modules()), "a foldable norm is left"
     assert any(isinstance(m, norms) for m in model.modules()), "the original must keep its norms"
-    assert any(isinstance(m, FrozenFusion) for m in folded.modules())
+    frozen = FrozenChannelFusion if "channel_" in str(overrides) else FrozenFusion
+    assert any(isinstance(m, frozen) for m in folded.modules())
+    assert not any(isinstance(m, WeightedFusion) and m.weight is not None for m in folded.modules())
     assert not any(p.requires_grad for p in folded.parameters())
 
 
-def test_folded_bifpn_scripts_and_matches(make_cfg):
+@pytest.mark.parametrize("fuse_type", ["fast_normalized", "channel_softmax"])
+def test_folded_bifpn_scripts_and_matches(make_cfg, fuse_type):
     import detectron2.export.torchscript  # noqa: F401  (detectron2's patches that let ResNet script)
 
-    model = randomise(build_backbone(make_cfg("build_retinanet_resnet_bifpn_backbone"))).eval()
+    cfg = make_cfg("build_retinanet_resnet_bifpn_backbone")
+    cfg.MODEL.BIFPN.FUSE_TYPE = fuse_type
+    model = randomise(build_backbone(cfg)).eval()
     folded = fold_for_inference(model)
     scripted = torch.jit.script(folded)
     x = torch.randn(1, 3, 80, 112)

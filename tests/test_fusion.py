@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from bifpn_d2.layers import FUSION_METHODS, WeightedFusion
+from bifpn_d2.layers import CHANNEL_METHODS, FUSION_METHODS, WeightedFusion
+
+SCALAR_METHODS = [m for m in FUSION_METHODS if m not in CHANNEL_METHODS]
 
 
 def _inputs():
@@ -17,7 +19,7 @@ def test_learnable_weights_start_at_one():
     assert WeightedFusion(3, "sum").weight is None
 
 
-@pytest.mark.parametrize("method", FUSION_METHODS)
+@pytest.mark.parametrize("method", SCALAR_METHODS)
 def test_fusion_matches_hand_computation(method):
     a, b, c = _inputs()
     fusion = WeightedFusion(3, method, eps=1e-4)
@@ -61,3 +63,36 @@ def test_fast_normalized_weights_sum_to_one():
 def test_invalid_method_names_allowed_values():
     with pytest.raises(ValueError, match="fast_normalized"):
         WeightedFusion(2, "attention")
+
+
+@pytest.mark.parametrize("method", CHANNEL_METHODS)
+def test_channel_wise_fusion_matches_hand_computation(method):
+    """One weight per channel per input (google/automl): each channel is normalised over
+    the inputs on its own, so channels with other weights are fused differently."""
+    a, b, c = _inputs()  # (2, 3, 5, 7): 3 channels
+    fusion = WeightedFusion(3, method, eps=1e-4, channels=3)
+    assert torch.equal(fusion.weight.detach(), torch.ones(3, 3))
+    raw = torch.tensor([[2.0, 1.0, -1.0], [-1.0, 1.0, 3.0], [0.5, 1.0, 0.0]])  # (inputs, channels)
+    with torch.no_grad():
+        fusion.weight.copy_(raw)
+    if method == "channel_softmax":
+        w = torch.exp(raw) / torch.exp(raw).sum(dim=0)
+    else:
+        w = raw.clamp(min=0) / (raw.clamp(min=0).sum(dim=0) + 1e-4)
+    expected = torch.stack(
+        [w[0, k] * a[:, k] + w[1, k] * b[:, k] + w[2, k] * c[:, k] for k in range(3)], dim=1
+    )
+    torch.testing.assert_close(fusion([a, b, c]), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fusion.input_weights(), w.mean(dim=1))
+    # The scalar kind with the same first column fuses channel 0 alike, the others not.
+    scalar = WeightedFusion(3, method.replace("channel_", ""), eps=1e-4)
+    with torch.no_grad():
+        scalar.weight.copy_(raw[:, 0])
+    out, ref = fusion([a, b, c]), scalar([a, b, c])
+    torch.testing.assert_close(out[:, 0], ref[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out[:, 1:], ref[:, 1:])
+
+
+def test_channel_wise_fusion_needs_channels():
+    with pytest.raises(ValueError, match="channels"):
+        WeightedFusion(2, "channel_softmax")

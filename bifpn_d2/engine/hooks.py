@@ -10,7 +10,8 @@ __all__ = ["FusionWeightLogger"]
 
 class FusionWeightLogger(HookBase):
     """Every ``period`` iterations, put the normalised weights of every learnable fusion
-    into the event storage as ``fusion/<module>/<k>`` (the factor applied to input ``k``),
+    into the event storage as ``fusion/<module>/<k>`` (the factor applied to input ``k``;
+    its mean over channels for channel-wise fusion),
     so that ``metrics.json`` and TensorBoard show how the model weighs its inputs over
     training (EfficientDet's Figure 6). Models without learnable fusions log nothing."""
 
@@ -33,6 +34,6 @@ class FusionWeightLogger(HookBase):
         storage = self.trainer.storage
         for name, fusion in self._fusions:
             with torch.no_grad():
-                values = fusion.normalized_weights().tolist()
+                values = fusion.input_weights().tolist()
             for k, value in enumerate(values):
                 storage.put_scalar(f"fusion/{name}/{k}", value, smoothing_hint=False)

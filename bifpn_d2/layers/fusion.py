@@ -13,6 +13,15 @@ learnable scalar ``w_i`` per input edge, initialised to 1:
 ``fast_normalized`` ``sum_i relu(w_i) / (eps + sum_j relu(w_j)) * I_i``  yes
 ==================  ===============================================  ==============
 
+and google/automl's channel-wise kinds, with one weight per channel ``c`` per input edge,
+``w_ic`` (shape ``(num_inputs, channels)``, ones at initialisation), normalised over the
+inputs channel by channel:
+
+===========================  ========================================================
+``channel_softmax``          ``out[:, c] = sum_i softmax_i(w_:c) * I_i[:, c]``
+``channel_fast_normalized``  ``out[:, c] = sum_i relu(w_ic) / (eps + sum_j relu(w_jc)) * I_i[:, c]``
+===========================  ========================================================
+
 Inputs are accumulated one by one (``addcmul``), never stacked into an ``(n, N, C, H, W)``
 tensor first, and the weights are normalised out of place so autograd stays valid.
 """
@@ -21,36 +30,47 @@ from typing import List
 import torch
 from torch import nn
 
-__all__ = ["FUSION_METHODS", "WeightedFusion"]
+__all__ = ["CHANNEL_METHODS", "FUSION_METHODS", "WeightedFusion"]
 
-FUSION_METHODS = ("sum", "avg", "weighted", "softmax", "fast_normalized")
+SCALAR_METHODS = ("sum", "avg", "weighted", "softmax", "fast_normalized")
+CHANNEL_METHODS = ("channel_fast_normalized", "channel_softmax")
+FUSION_METHODS = SCALAR_METHODS + CHANNEL_METHODS
 
 
 class WeightedFusion(nn.Module):
     """Fuse ``num_inputs`` tensors of identical shape ``(N, C, H, W)`` into one."""
 
-    def __init__(self, num_inputs: int, method: str = "fast_normalized", eps: float = 1e-4):
+    def __init__(
+        self, num_inputs: int, method: str = "fast_normalized", eps: float = 1e-4, channels: int = 0
+    ):
         """
         Args:
             num_inputs: number of input edges (>= 1).
             method: one of :data:`FUSION_METHODS`.
             eps: the epsilon of fast normalized fusion (1e-4 in the paper).
+            channels: ``C`` of the inputs; needed (> 0) by the channel-wise methods only.
         """
         super().__init__()
         if method not in FUSION_METHODS:
             raise ValueError(f"fusion method {method!r} is not one of {list(FUSION_METHODS)}")
         if num_inputs < 1:
             raise ValueError(f"a fusion needs at least one input, got num_inputs={num_inputs}")
+        self.channel_wise = method in CHANNEL_METHODS
+        if self.channel_wise and channels < 1:
+            raise ValueError(f"fusion method {method!r} needs the inputs' channels (> 0), got {channels}")
         self.num_inputs = num_inputs
         self.method = method
         self.eps = eps
-        if method in ("weighted", "softmax", "fast_normalized"):
+        if self.channel_wise:
+            self.weight = nn.Parameter(torch.ones(num_inputs, channels))
+        elif method in ("weighted", "softmax", "fast_normalized"):
             self.weight = nn.Parameter(torch.ones(num_inputs))
         else:
             self.register_parameter("weight", None)
 
     def normalized_weights(self) -> torch.Tensor:
-        """The per-input factors actually applied, shape ``(num_inputs,)``, in float32.
+        """The factors actually applied, in float32: shape ``(num_inputs,)``, or
+        ``(num_inputs, channels)`` for the channel-wise methods.
 
         They are normalised in float32 even when the module was cast to fp16/bf16: in
         fp16 the sum of large weights overflows (> 65504), and in both ``eps`` vanishes
@@ -60,12 +80,18 @@ class WeightedFusion(nn.Module):
             value = 1.0 / self.num_inputs if self.method == "avg" else 1.0
             return torch.full((self.num_inputs,), value)
         weight = self.weight.float()
-        if self.method == "softmax":
+        if self.method in ("softmax", "channel_softmax"):
             return torch.softmax(weight, dim=0)
-        if self.method == "fast_normalized":
+        if self.method in ("fast_normalized", "channel_fast_normalized"):
             w = torch.relu(weight)
-            return w / (w.sum() + self.eps)
+            return w / (w.sum(dim=0, keepdim=True) + self.eps)
         return weight
+
+    def input_weights(self) -> torch.Tensor:
+        """The factor of each input, shape ``(num_inputs,)`` in float32 (for channel-wise
+        methods the mean over channels): what logs and plots show."""
+        weights = self.normalized_weights()
+        return weights.mean(dim=1) if weights.dim() == 2 else weights
 
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         """
@@ -83,10 +109,13 @@ class WeightedFusion(nn.Module):
             return out
         # Cast so that fp16/bf16 features under autocast are not promoted to fp32.
         weights = self.normalized_weights().to(inputs[0].dtype)
+        if self.channel_wise:  # (num_inputs, C) -> (num_inputs, 1, C, 1, 1), broadcast over N, H, W
+            weights = weights[:, None, :, None, None]
         out = inputs[0] * weights[0]
         for i in range(1, len(inputs)):
             out = torch.addcmul(out, inputs[i], weights[i])
         return out
 
     def extra_repr(self) -> str:
-        return f"num_inputs={self.num_inputs}, method={self.method}"
+        channels = f", channels={self.weight.shape[1]}" if self.channel_wise else ""
+        return f"num_inputs={self.num_inputs}, method={self.method}{channels}"

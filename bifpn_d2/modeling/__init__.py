@@ -6,7 +6,7 @@ from .builders import __all__ as _builders
 from .efficientdet import EFFICIENTDET_ANCHOR_SHAPES, EfficientDet, EfficientDetAnchorGenerator
 from .efficientdet_head import EfficientDetHead, PredictionNet
 from .efficientnet import EfficientNetBackbone
-from .fold import FrozenFusion, fold_for_inference
+from .fold import FrozenChannelFusion, FrozenFusion, fold_for_inference
 from .fpn import WeightedFPN
 from .pyramid_backbone import PyramidBackbone
 from .pyramid_cell import FusionNode, PyramidCell
@@ -22,6 +22,7 @@ __all__ = [
     "EfficientDetHead",
     "EfficientDetTopBlock",
     "EfficientNetBackbone",
+    "FrozenChannelFusion",
     "FrozenFusion",
     "FusionNode",
     "GRAPHS",

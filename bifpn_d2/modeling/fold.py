@@ -14,7 +14,8 @@ neck) in which
 - every learnable :class:`WeightedFusion` of a :class:`FusionNode` or a
   :class:`WeightedFPN` becomes a :class:`FrozenFusion` holding its normalised weights as
   Python floats (no ReLU/softmax/division and no tensor indexing per call) that
-  accumulates in place;
+  accumulates in place; a channel-wise one becomes a :class:`FrozenChannelFusion`
+  holding its normalised ``(num_inputs, channels)`` weights as a buffer;
 - the activation after such a fusion in a :class:`FusionNode` runs in place on the
   fused map, which nothing else references.
 
@@ -39,7 +40,7 @@ from ..layers import ResampleToLevel, SeparableConvNorm, WeightedFusion
 from .fpn import WeightedFPN
 from .pyramid_cell import FusionNode
 
-__all__ = ["FrozenFusion", "fold_for_inference"]
+__all__ = ["FrozenChannelFusion", "FrozenFusion", "fold_for_inference"]
 
 # Exact types (a subclass may do more than normalise): plain norms, which leave nothing
 # behind, and timm's norm + activation layers, which leave their dropout and activation.
@@ -89,6 +90,35 @@ class FrozenFusion(nn.Module):
         return "weights=[" + ", ".join(f"{w:.4f}" for w in self.weights) + "]"
 
 
+class FrozenChannelFusion(nn.Module):
+    """``sum_i weight[i] * inputs[i]`` with a constant per-channel ``weight`` of shape
+    ``(num_inputs, 1, C, 1, 1)``: the inference-time stand-in for a channel-wise
+    :class:`WeightedFusion`. The output is always a new tensor."""
+
+    def __init__(self, weights: torch.Tensor):
+        """
+        Args:
+            weights: ``(num_inputs, C)``, e.g. ``fusion.normalized_weights()``.
+        """
+        super().__init__()
+        if weights.dim() != 2 or weights.shape[0] < 1:
+            raise ValueError(
+                f"FrozenChannelFusion needs weights of shape (num_inputs, C), got {tuple(weights.shape)}"
+            )
+        self.register_buffer("weight", weights.detach().clone()[:, None, :, None, None])
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """``inputs``: ``num_inputs`` tensors of shape ``(N, C, H, W)``."""
+        weight = self.weight.to(inputs[0].dtype)
+        out = inputs[0] * weight[0]
+        for i in range(1, len(inputs)):
+            out = torch.addcmul(out, inputs[i], weight[i])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"num_inputs={self.weight.shape[0]}, channels={self.weight.shape[2]}"
+
+
 def _has_statistics(norm: nn.Module) -> bool:
     """Whether ``norm`` is a batch norm that normalises with running statistics in eval
     mode (so that it is a per-channel affine map that a conv can absorb)."""
@@ -128,9 +158,13 @@ def _after_norm(norm_act: nn.Module) -> nn.Module:
 
 
 def _freeze_fusion(fusion: nn.Module) -> nn.Module:
-    """A :class:`FrozenFusion` for a learnable :class:`WeightedFusion`, else ``fusion``."""
+    """A :class:`FrozenFusion` (or :class:`FrozenChannelFusion`) for a learnable
+    :class:`WeightedFusion`, else ``fusion``."""
     if isinstance(fusion, WeightedFusion) and fusion.weight is not None:
-        return FrozenFusion(fusion.normalized_weights().detach().tolist())
+        weights = fusion.normalized_weights().detach()
+        if fusion.channel_wise:
+            return FrozenChannelFusion(weights)
+        return FrozenFusion(weights.tolist())
     return fusion
 
 
@@ -163,7 +197,8 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
                 setattr(module, norm_name, _after_norm(norm) if type(norm) in _NORM_ACTS else nn.Identity())
         if isinstance(module, FusionNode):
             module.fusion = _freeze_fusion(module.fusion)
-            if isinstance(module.fusion, FrozenFusion) and isinstance(module.act, (nn.SiLU, nn.ReLU)):
+            frozen = isinstance(module.fusion, (FrozenFusion, FrozenChannelFusion))
+            if frozen and isinstance(module.act, (nn.SiLU, nn.ReLU)):
                 module.act.inplace = True
         elif isinstance(module, WeightedFPN):
             # The fusions are both named children (fpn_fusion<level>) and list entries.

@@ -80,7 +80,7 @@ class WeightedFPN(PyramidBackbone):
             if level == levels[-1]:  # nothing to fuse at the top: an identity, no parameters
                 fusions.append(WeightedFusion(1, "sum"))
             else:
-                fusions.append(WeightedFusion(2, fuse_type, fusion_eps))
+                fusions.append(WeightedFusion(2, fuse_type, fusion_eps, out_channels))
                 self.add_module(f"fpn_fusion{level}", fusions[-1])
         # Top-down order (coarsest first), as the forward pass walks them. Plain lists, so
         # that parameters are named only once (fpn_lateral5, ...), as in Detectron2.

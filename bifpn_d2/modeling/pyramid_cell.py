@@ -47,7 +47,7 @@ class FusionNode(nn.Module):
             ResampleToLevel(in_ch, out_channels, step, style)
             for in_ch, step in zip(input_channels, level_steps)
         )
-        self.fusion = WeightedFusion(len(self.input_ids), fusion, fusion_eps)
+        self.fusion = WeightedFusion(len(self.input_ids), fusion, fusion_eps, out_channels)
         self.act = make_activation(activation)
         self.conv = SeparableConvNorm(out_channels, separable_conv, style)
 
