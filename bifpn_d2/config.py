@@ -127,6 +127,22 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Pad every batch to this square (effdet's fixed input, e.g. 512 for D0); 0 = pad to the
     # largest image of the batch, as Detectron2 does.
     cfg.MODEL.EFFICIENTDET.SQUARE_SIZE = 0
+
+    # --- Training recipe (EfficientDet's; off by default, so Detectron2 configs train as
+    # Detectron2 trains them).
+    # Scale jitter: (min, max) scales of a square input of side INPUT.MAX_SIZE_TRAIN: the
+    # image is resized to that side times a random scale in [min, max] (aspect kept), then
+    # randomly cropped (or padded) to the square, boxes clipped, then flipped as
+    # INPUT.RANDOM_FLIP says. EfficientDet: (0.1, 2.0). () = off (Detectron2's resize).
+    cfg.INPUT.SCALE_JITTER = ()
+    # An exponential moving average of the weights (timm's ModelEmaV3), updated after every
+    # step, saved in every checkpoint as "ema" and restored on --resume.
+    cfg.MODEL_EMA = CN()
+    cfg.MODEL_EMA.ENABLED = False
+    cfg.MODEL_EMA.DECAY = 0.9998  # EfficientDet's; in (0, 1)
+    # Evaluate with the EMA weights (periodic evaluation and --eval-only), and when loading
+    # MODEL.WEIGHTS from a checkpoint that holds EMA weights, load those; False: the raw ones.
+    cfg.MODEL_EMA.USE_EMA_WEIGHTS = True
     return cfg
 
 

@@ -335,11 +335,17 @@ def test_lazy_train_net_trains_and_evaluates(tmp_path, env):
             "dataloader.train.mapper.augmentations.0.max_size=128",
             "dataloader.test.mapper.augmentations.0.short_edge_length=128",
             "dataloader.test.mapper.augmentations.0.max_size=128",
+            "train.model_ema.enabled=True",
+            "train.model_ema.decay=0.5",
         ],
         env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (output_dir / "model_final.pth").is_file() and (output_dir / "metrics.json").is_file()
+    saved = torch.load(output_dir / "model_final.pth", weights_only=False)
+    ema = {k[len("module."):]: v for k, v in saved["ema"].items()}  # the weight EMA is in the checkpoint
+    assert ema.keys() == saved["model"].keys()
+    assert any(not torch.equal(ema[k], saved["model"][k]) for k in ema if ema[k].is_floating_point())
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in result.stdout + result.stderr
 
 
@@ -427,3 +433,41 @@ def test_compare_necks_refuses_bad_input_before_training(args, expected, tmp_pat
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert "start " not in result.stdout and not output_dir.exists()
+
+
+def _bad_image(path: Path) -> str:
+    path.write_bytes(b"\xff\xd8 not a jpeg" + bytes(range(256)))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "script, args, expected",
+    [
+        ("train_net.py", ["SOLVER.BASE_LR", "-1"], "SOLVER.BASE_LR=-1.0 is not valid; it must be > 0"),
+        ("train_net.py", ["INPUT.MIN_SIZE_TRAIN", "(0,)"], "INPUT.MIN_SIZE_TRAIN=(0,) is not valid"),
+        ("train_net.py", ["MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "1.5"],
+         "MODEL_EMA.DECAY=1.5 is not valid; it must lie in (0, 1)"),
+        ("train_net.py", ["INPUT.SCALE_JITTER", "(2.0, 0.1)"], "INPUT.SCALE_JITTER=(2.0, 0.1) is not valid"),
+        ("train_net.py", ["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED True needs a CUDA GPU"),
+        ("lazy_train_net.py", ["train.device=cpu", "model.backbone.bogus=3"],
+         "unknown config key model.backbone.bogus on the command line: BiFPN takes no argument 'bogus'"),
+        ("demo.py", ["--input", "BAD_IMAGE", "--opts", "MODEL.DEVICE", "cpu"], "is not a readable image"),
+    ],
+    ids=["base-lr", "min-size", "ema-decay", "scale-jitter", "amp-on-cpu", "lazy-argument", "demo-image"],
+)
+def test_tools_refuse_bad_input_in_one_line(script, args, expected, tmp_path, env):
+    """Run as a user does: exit status 2, one line that names the input, nothing written."""
+    output_dir = tmp_path / "out"
+    args = [_bad_image(tmp_path / "bad.jpg") if a == "BAD_IMAGE" else a for a in args]
+    if script == "lazy_train_net.py":
+        argv = ["--config-file", str(ROOT / "configs/lazy/EfficientDet-D0.py"), *args,
+                f"train.output_dir={output_dir}"]
+    elif script == "demo.py":
+        argv = ["--config-file", CONFIG, "--output", str(output_dir), *args]
+    else:
+        argv = ["--config-file", CONFIG, "OUTPUT_DIR", str(output_dir), *TINY, *args]
+    result = run_tool(script, argv, env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert expected in result.stderr
+    assert not output_dir.exists()

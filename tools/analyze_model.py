@@ -25,6 +25,9 @@ import os
 import sys
 from typing import Dict, Optional, Sequence
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.logger import setup_logger
 

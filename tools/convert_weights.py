@@ -25,6 +25,9 @@ import argparse
 import sys
 from typing import List, Optional
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 from detectron2.utils.logger import setup_logger
 
 from bifpn_d2.convert import Report, convert_effdet_file, convert_efficientnet_file

@@ -20,6 +20,9 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 from detectron2.utils.logger import setup_logger
 
 from bifpn_d2.engine import exit_on_config_error, load_config, script_parser

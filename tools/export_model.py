@@ -20,6 +20,9 @@ import argparse
 import logging
 from typing import List, Optional
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger

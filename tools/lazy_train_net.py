@@ -16,6 +16,9 @@ atomic checkpoints and one-line errors are those of ``tools/train_net.py``.
 
 from typing import Any, Dict, List, Optional
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -33,6 +36,7 @@ from bifpn_d2.engine import (
     run_cli,
     wants_overwrite,
 )
+from bifpn_d2.engine.ema import EMA_KEY, ModelEMAHook, build_model_ema
 
 
 def _test_dataset_names(cfg: DictConfig) -> List[str]:
@@ -53,6 +57,13 @@ def do_test(cfg: DictConfig, model) -> Dict[str, Any]:
     return results
 
 
+def _ema_options(cfg: DictConfig) -> Dict[str, Any]:
+    """``train.model_ema`` (see configs/lazy/common.py), off where a config has none."""
+    options = dict(enabled=False, decay=0.9998, use_ema_weights=True)
+    options.update(cfg.train.get("model_ema", None) or {})
+    return options
+
+
 def do_train(cfg: DictConfig, resume: bool) -> Optional[Dict[str, Any]]:
     """Train from scratch (``train.init_checkpoint``) or resume from ``train.output_dir``;
     evaluates every ``train.eval_period`` iterations and at the end."""
@@ -62,17 +73,23 @@ def do_train(cfg: DictConfig, resume: bool) -> Optional[Dict[str, Any]]:
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    options = _ema_options(cfg)
+    ema = build_model_ema(model, options["decay"]) if options["enabled"] else None
+    checkpointer = AtomicCheckpointer(
+        model, cfg.train.output_dir, use_ema_weights=options["use_ema_weights"], trainer=trainer,
+        **({EMA_KEY: ema} if ema is not None else {}),
+    )
     results: Dict[str, Any] = {}
 
     def evaluate() -> Dict[str, Any]:
-        results.update(do_test(cfg, model))
+        results.update(do_test(cfg, ema.module if ema is not None and options["use_ema_weights"] else model))
         return results
 
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            ModelEMAHook(ema) if ema is not None else None,
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
@@ -97,7 +114,8 @@ def main(args) -> Optional[Dict[str, Any]]:
     default_setup(cfg, args)
     if args.eval_only:
         model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
-        AtomicCheckpointer(model, cfg.train.output_dir).resume_or_load(
+        use_ema = _ema_options(cfg)["use_ema_weights"]
+        AtomicCheckpointer(model, cfg.train.output_dir, use_ema_weights=use_ema).resume_or_load(
             cfg.train.init_checkpoint, resume=args.resume
         )
         return do_test(cfg, model)

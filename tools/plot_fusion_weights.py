@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model

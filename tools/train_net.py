@@ -39,6 +39,9 @@ backend; ``SOLVER.IMS_PER_BATCH`` is split between them).
 from collections import OrderedDict
 from typing import Optional
 
+import bifpn_d2  # noqa: F401  (first: Detectron2 then imports without torch's TorchScript warnings)
+
+# isort: split
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -71,7 +74,9 @@ def main(args) -> Optional[OrderedDict]:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, use_ema_weights=cfg.MODEL_EMA.USE_EMA_WEIGHTS
+        ).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.evaluate(cfg, model)

@@ -1,12 +1,14 @@
-"""Checkpoints that are never truncated: written to a temporary file, then renamed."""
+"""Checkpoints that are never truncated (written to a temporary file, then renamed), and
+that load the weight EMA they hold into the model when asked to."""
 
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .ema import ema_model_weights
 from .output_dir import LAST_CHECKPOINT
 
 __all__ = ["AtomicCheckpointer"]
@@ -31,7 +33,33 @@ def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """A :class:`DetectionCheckpointer` whose ``.pth`` files and ``last_checkpoint`` pointer
-    are replaced atomically (temporary file + ``os.replace``), never truncated in place."""
+    are replaced atomically (temporary file + ``os.replace``), never truncated in place.
+
+    With ``use_ema_weights``, loading weights only (``MODEL.WEIGHTS``, ``--eval-only``:
+    ``load(path, checkpointables=[])``) from a checkpoint that holds a weight EMA
+    (``"ema"``, see :mod:`.ema`) gives the model the EMA weights. Resuming a training
+    (``--resume``) always restores the raw weights, and the EMA if the trainer keeps one.
+    """
+
+    def __init__(self, model: torch.nn.Module, save_dir: str = "", *, use_ema_weights: bool = False,
+                 **checkpointables: Any):
+        super().__init__(model, save_dir, **checkpointables)
+        self.use_ema_weights = use_ema_weights
+        self._model_gets_ema = False
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Any:
+        self._model_gets_ema = self.use_ema_weights and checkpointables == []
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._model_gets_ema = False
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        ema = ema_model_weights(checkpoint) if self._model_gets_ema else None
+        if ema is not None:
+            self.logger.info("Loading the checkpoint's EMA weights (MODEL_EMA.USE_EMA_WEIGHTS)")
+            checkpoint["model"] = ema
+        return super()._load_model(checkpoint)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model and every checkpointable (optimizer, scheduler, iteration) as

@@ -3,6 +3,7 @@ overrides) or LazyConfig (a ``.py`` file + ``path.key=value`` overrides), with m
 reported as one sentence that names the key and where it was set."""
 
 import difflib
+import inspect
 import os
 import re
 from pathlib import Path
@@ -16,8 +17,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .. import model_zoo
 from ..config import add_bifpn_config
+from ..data.scale_jitter import check_scale_jitter
+from .ema import check_decay
 
-__all__ = ["ConfigError", "build_checked_model", "load_config", "load_lazy_config", "resolve_config_file"]
+__all__ = [
+    "ConfigError",
+    "build_checked_model",
+    "check_values",
+    "load_config",
+    "load_lazy_config",
+    "resolve_config_file",
+]
 
 
 class ConfigError(Exception):
@@ -94,15 +104,74 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(_ints_as_floats(cfg, opts))
     except (KeyError, AssertionError, ValueError) as e:
         raise ConfigError(_explain_merge_error(e, cfg, "on the command line")) from None
+    check_values(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is available; "
             "add `MODEL.DEVICE cpu` to the command line"
         )
     return cfg
+
+
+def _ints_as_floats(cfg: CfgNode, opts: Sequence[str]) -> List[str]:
+    """``opts`` with an integer given for a float key written as a float (``SOLVER.BASE_LR 1``
+    means 1.0; yacs would refuse the int)."""
+    out = list(opts)
+    for i in range(0, len(out), 2):
+        key, value = out[i], out[i + 1]
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        current = node.get(key.split(".")[-1]) if isinstance(node, CfgNode) else None
+        if isinstance(current, float) and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            out[i + 1] = str(float(value))
+    return out
+
+
+# Detectron2's two, and the norm of all gradients together (effdet's): see engine.trainer.
+_CLIP_TYPES = ["value", "norm", "full_model"]
+
+
+def check_values(cfg: CfgNode) -> None:
+    """Refuse values of the training recipe that are of the right type but meaningless,
+    naming the key and what is allowed (the model builders check the model's keys).
+
+    Raises:
+        ConfigError: the first bad value.
+    """
+    problems = []
+    if not cfg.SOLVER.BASE_LR > 0:
+        problems.append(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR!r} is not valid; it must be > 0")
+    sizes = cfg.INPUT.MIN_SIZE_TRAIN
+    sizes = sizes if isinstance(sizes, (list, tuple)) else (sizes,)
+    if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+        problems.append(f"INPUT.MIN_SIZE_TRAIN={tuple(sizes)!r} is not valid; its sizes must be >= 1")
+    for key in ("INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"):
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if key == "INPUT.MIN_SIZE_TEST" and value == 0:
+            continue  # Detectron2: 0 disables resizing at test time
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"{key}={value!r} is not valid; it must be a size >= 1 (pixels)")
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        problems.append(f"SOLVER.AMP.ENABLED True needs a CUDA GPU (Detectron2's AMPTrainer), but MODEL.DEVICE is "
+                        f"{cfg.MODEL.DEVICE!r}; on the CPU train in float32 (SOLVER.AMP.ENABLED False)")
+    clip_type = cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE
+    if clip_type not in _CLIP_TYPES:
+        problems.append(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip_type!r} is not valid; allowed values: {_CLIP_TYPES}"
+        )
+    for check, key, value in ((check_decay, "MODEL_EMA.DECAY", cfg.MODEL_EMA.DECAY),
+                              (check_scale_jitter, "INPUT.SCALE_JITTER", cfg.INPUT.SCALE_JITTER)):
+        try:
+            check(key, value)
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def build_checked_model(cfg: CfgNode, device: Optional[str] = None) -> torch.nn.Module:
@@ -121,18 +190,43 @@ def build_checked_model(cfg: CfgNode, device: Optional[str] = None) -> torch.nn.
         raise ConfigError(f"cannot build the model: {message}") from e
 
 
+def _accepted_arguments(target: object) -> Optional[List[str]]:
+    """The keyword arguments a ``LazyCall`` target (a callable or its dotted name) takes,
+    or None if it takes any (``**kwargs``) or cannot be inspected."""
+    if isinstance(target, str):
+        from detectron2.utils.registry import locate
+
+        try:
+            target = locate(target)
+        except Exception:
+            return None
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
 def _check_override_keys(cfg: DictConfig, overrides: List[str]) -> None:
-    """Refuse ``key=value`` overrides whose key does not exist, except a new argument of a
-    ``LazyCall`` (its parent has ``_target_``), which instantiation will check."""
+    """Refuse ``key=value`` overrides whose key does not exist, except a new argument that
+    the ``LazyCall`` holding it (its parent has ``_target_``) accepts."""
     missing = object()
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if OmegaConf.select(cfg, key, default=missing) is not missing:
             continue
-        parent_key = key.rpartition(".")[0]
+        parent_key, _, name = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
         if not (isinstance(parent, DictConfig) and "_target_" in parent):
             raise ConfigError(f"unknown config key {key} on the command line")
+        target = parent["_target_"]
+        accepted = _accepted_arguments(target)
+        if accepted is not None and name not in accepted:
+            target = target if isinstance(target, str) else getattr(target, "__qualname__", target)
+            raise ConfigError(f"unknown config key {key} on the command line: {target} takes no argument "
+                              f"{name!r}; its arguments: {accepted}")
 
 
 def load_lazy_config(config_file: str, overrides: List[str]) -> DictConfig:

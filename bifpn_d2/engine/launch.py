@@ -15,6 +15,7 @@ from detectron2.engine import default_argument_parser, launch
 from ..checkpoint import check_detectron2_checkpoint
 from ..data import is_synthetic_dataset
 from .config import ConfigError, build_checked_model, load_config, load_lazy_config
+from .ema import check_decay
 from .evaluation import check_evaluation
 from .output_dir import LAST_CHECKPOINT, OVERWRITE_ENV, check_output_dir, checkpoints_in
 
@@ -228,6 +229,12 @@ def lazy_preflight(args) -> None:
     """:func:`preflight` for LazyConfig (``.py``) configs: config, device, output
     directory and weights, before any worker starts."""
     cfg = load_lazy_config(args.config_file, args.opts)
+    ema = cfg.train.get("model_ema", None)
+    if ema is not None and ema.get("enabled", False):
+        try:
+            check_decay("train.model_ema.decay", ema.get("decay", 0.0))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     device = str(cfg.train.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {device!r} but no CUDA GPU is available; add `train.device=cpu`")

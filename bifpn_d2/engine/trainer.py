@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluator
@@ -20,12 +21,15 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
+from ..data.scale_jitter import build_train_mapper
 from .checkpointer import AtomicCheckpointer
 from .config import build_checked_model
+from .ema import EMA_KEY, ModelEMAHook, build_model_ema
 from .evaluation import build_evaluator
 from .hooks import FusionWeightLogger
 
-__all__ = ["Trainer", "log_period", "neck_lr_factor"]
+__all__ = ["Trainer", "clip_full_model_gradients", "log_period", "neck_lr_factor"]
+
 
 
 def neck_lr_factor(factor: float) -> Callable[[str], float]:
@@ -38,6 +42,22 @@ def neck_lr_factor(factor: float) -> Callable[[str], float]:
         return factor if in_neck else 1.0
 
     return lr_factor
+
+
+def clip_full_model_gradients(optimizer: torch.optim.Optimizer, max_norm: float, norm_type: float = 2.0):
+    """Make ``optimizer`` (in place; returned) scale all gradients of its parameters
+    together to a total ``norm_type``-norm of at most ``max_norm`` before each step
+    (``torch.nn.utils.clip_grad_norm_``). Under AMP, Detectron2's ``GradScaler.step``
+    unscales the gradients before calling ``step``, so the norm is that of the true ones."""
+    base = type(optimizer)
+
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+        return base.step(self, closure)
+
+    optimizer.__class__ = type(f"{base.__name__}WithFullModelGradientClip", (base,), {"step": step})
+    return optimizer
 
 
 def log_period(max_iter: int) -> int:
@@ -65,8 +85,10 @@ class Trainer(DefaultTrainer):
     """Detectron2's default training loop with: atomic checkpoints, evaluators chosen from
     the dataset metadata (:mod:`bifpn_d2.engine.evaluation`), test-time augmentation after
     training when ``TEST.AUG.ENABLED``, a log period suited to short runs, the BiFPN's own
-    learning rate (``MODEL.BIFPN.LR_FACTOR``) and DDP over several CPU processes
-    (``--num-gpus N`` on a machine without GPUs, gloo backend)."""
+    learning rate (``MODEL.BIFPN.LR_FACTOR``), DDP over several CPU processes
+    (``--num-gpus N`` on a machine without GPUs, gloo backend), EfficientDet's scale
+    jitter (``INPUT.SCALE_JITTER``) and a weight EMA (``MODEL_EMA``: updated after every
+    step, in every checkpoint, restored on resume, used for evaluation by default)."""
 
     def __init__(self, cfg: CfgNode):
         cpu_processes = cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1
@@ -84,7 +106,16 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """Detectron2's SGD; with ``MODEL.BIFPN.LR_FACTOR`` != 1, the BiFPN's own parameters
         (everything of the backbone but its bottom-up network) learn at that multiple of
-        the base learning rate, warmup and steps included."""
+        the base learning rate, warmup and steps included. ``SOLVER.CLIP_GRADIENTS`` with
+        ``CLIP_TYPE "full_model"`` clips the norm of all gradients together
+        (:func:`clip_full_model_gradients`); "value" and "norm" are Detectron2's."""
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+            unclipped = cfg.clone()
+            unclipped.defrost()
+            unclipped.SOLVER.CLIP_GRADIENTS.ENABLED = False
+            optimizer = cls.build_optimizer(unclipped, model)
+            return clip_full_model_gradients(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
         factor = cfg.MODEL.BIFPN.LR_FACTOR
         if factor == 1.0 or "bifpn" not in cfg.MODEL.BACKBONE.NAME:
             return super().build_optimizer(cfg, model)
@@ -101,6 +132,20 @@ class Trainer(DefaultTrainer):
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """Detectron2's training loader; with ``INPUT.SCALE_JITTER``, its mapper applies
+        EfficientDet's scale jitter and square crop (:mod:`.scale_jitter`)."""
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model evaluation runs on: the EMA's copy with ``MODEL_EMA.ENABLED`` and
+        ``MODEL_EMA.USE_EMA_WEIGHTS``, else the trained model."""
+        if self.model_ema is not None and self.cfg.MODEL_EMA.USE_EMA_WEIGHTS:
+            return self.model_ema.module
+        return self.model
 
     @classmethod
     def build_evaluator(
@@ -139,10 +184,17 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         # DefaultTrainer.__init__ made a plain checkpointer just before calling build_hooks;
         # use the atomic one everywhere (periodic saves and resume_or_load).
+        # The EMA is made here, before the checkpointer that saves and restores it.
+        ema = cfg.MODEL_EMA
+        self.model_ema = build_model_ema(self._trainer.model, ema.DECAY) if ema.ENABLED else None
+        extra = {EMA_KEY: self.model_ema} if self.model_ema is not None else {}
         self.checkpointer = AtomicCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self._trainer.model, cfg.OUTPUT_DIR, use_ema_weights=cfg.MODEL_EMA.USE_EMA_WEIGHTS,
+            trainer=weakref.proxy(self), **extra,
         )
         result: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if self.model_ema is not None:  # before checkpoints and evaluation see the step
+            result.append(ModelEMAHook(self.model_ema))
         if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
             precise_cfg = cfg.clone()
             precise_cfg.defrost()
@@ -159,11 +211,11 @@ class Trainer(DefaultTrainer):
             result.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
 
         def test_and_save_results() -> Dict[str, Any]:
-            self._last_eval_results = self.test(self.cfg, self.model)
+            self._last_eval_results = self.test(self.cfg, self.eval_model)
             return self._last_eval_results
 
         def test_with_tta_and_save_results() -> Dict[str, Any]:
-            tta_results = self.test_with_TTA(self.cfg, self.model)
+            tta_results = self.test_with_TTA(self.cfg, self.eval_model)
             self._last_eval_results = OrderedDict(self._last_eval_results or {}, **tta_results)
             return tta_results
 

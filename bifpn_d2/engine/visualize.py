@@ -118,12 +118,29 @@ def save_image(image: np.ndarray, path: str) -> str:
     return path
 
 
+def check_images(paths: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming the first of ``paths`` that is not a readable
+    image (decoded in full, so a truncated file is caught too)."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
+            raise ConfigError(f"--input {path!r} is not a readable image ({type(e).__name__}: {e}); "
+                              "give JPEG/PNG files, folders or glob patterns of them") from None
+
+
 def run_demo(cfg: CfgNode, inputs: Sequence[str], output: str) -> List[str]:
     """Run the model of ``cfg`` (weights: ``MODEL.WEIGHTS``; random if empty) on each image
     file with Detectron2's ``DefaultPredictor`` (test-time resize, ``INPUT.FORMAT``) and
     write it with the predictions drawn (see :func:`output_paths`). Class names come from
-    the metadata of ``DATASETS.TEST[0]``. Returns the files written."""
+    the metadata of ``DATASETS.TEST[0]``. Returns the files written.
+
+    Raises:
+        ConfigError: an input that is not a readable image (checked before any output).
+    """
     paths = output_paths(inputs, output)
+    check_images(inputs)  # every input, before anything is written
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: these are the predictions of a randomly initialised model")

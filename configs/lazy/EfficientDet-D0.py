@@ -32,3 +32,9 @@ dataloader = coco_dataloader(
 optimizer = sgd(lr=0.01)
 lr_multiplier = schedule_1x()
 train = train_options(output_dir="output/lazy/EfficientDet-D0")
+train["model_ema"]["enabled"] = True  # EfficientDet's weight EMA, decay 0.9998 (evaluation uses it)
+# EfficientDet's scale jitter 0.1-2.0x with a random 512 px square crop, as INPUT.SCALE_JITTER
+# of the YAML configs (here the train mapper keeps Detectron2's resize unless you set it):
+#   from bifpn_d2.data.scale_jitter import scale_jitter_augmentations
+#   dataloader.train.mapper.augmentations = L(scale_jitter_augmentations)(
+#       size=512, min_scale=0.1, max_scale=2.0)

@@ -193,6 +193,9 @@ def train_options(output_dir: str, max_iter: int = 90000):
         amp=dict(enabled=False),
         ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
         checkpointer=dict(period=5000, max_to_keep=100),
+        # Weight EMA (timm's ModelEmaV3), as MODEL_EMA of YAML configs: in checkpoints as
+        # "ema", restored on --resume, used for evaluation when use_ema_weights.
+        model_ema=dict(enabled=False, decay=0.9998, use_ema_weights=True),
         eval_period=0,  # evaluate once, after training
         log_period=20,
         device="cuda",
