@@ -2,6 +2,7 @@
 timm from the files timm users have, and the weight conversion of
 :mod:`bifpn_d2.convert` (and its command line, tools/convert_weights.py) on timm,
 torchvision and effdet checkpoints that the tests create (random weights)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +15,6 @@ from _tiny_models import build_tiny_detector, image, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
-from effdet import create_model
 
 from bifpn_d2.convert import convert_effdet_file, convert_efficientnet_file
 from bifpn_d2.export import raw_inference
@@ -194,6 +194,7 @@ def test_convert_weights_command_line(tmp_path):
     assert failed.returncode == 2 and "is not a readable checkpoint" in failed.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("effdet") is None, reason="effdet is not installed")
 @pytest.mark.parametrize("tf_port", [False, True], ids=["efficientdet_d0", "tf_efficientdet_d0"])
 def test_convert_effdet(tf_port, tmp_path):
     """An effdet EfficientDet-D0 checkpoint becomes a RetinaNet-BiFPN checkpoint whose
@@ -201,6 +202,8 @@ def test_convert_effdet(tf_port, tmp_path):
     redundant biases."""
     prefix = "tf_" if tf_port else ""
     torch.manual_seed(0)
+    from effdet import create_model
+
     effdet = create_model(f"{prefix}efficientdet_d0", pretrained=False, pretrained_backbone=False).eval()
     _randomize_norms(effdet)
     with torch.no_grad():
