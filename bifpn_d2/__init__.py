@@ -15,9 +15,10 @@ with warnings.catch_warnings():
     import detectron2.modeling  # noqa: F401
 
     from . import data  # noqa: F401  (registers the built-in synthetic datasets)
+    from .compile import compile_model
     from .config import add_bifpn_config
     from .modeling import *  # noqa: F401,F403
     from .modeling import __all__ as _modeling
 
 __version__ = "0.1.0"
-__all__ = ["add_bifpn_config"] + list(_modeling)
+__all__ = ["add_bifpn_config", "compile_model"] + list(_modeling)

@@ -143,6 +143,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Evaluate with the EMA weights (periodic evaluation and --eval-only), and when loading
     # MODEL.WEIGHTS from a checkpoint that holds EMA weights, load those; False: the raw ones.
     cfg.MODEL_EMA.USE_EMA_WEIGHTS = True
+    # torch.compile of the trained and evaluated model's network parts (bifpn_d2.compile):
+    # "" = eager; else the backend, e.g. "inductor".
+    cfg.MODEL.COMPILE = ""
     return cfg
 
 

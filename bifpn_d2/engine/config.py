@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .. import model_zoo
+from ..compile import compile_backends
 from ..config import add_bifpn_config
 from ..data.scale_jitter import check_scale_jitter
 from .ema import check_decay
@@ -157,8 +158,13 @@ def check_values(cfg: CfgNode) -> None:
         if not isinstance(value, int) or value < 1:
             problems.append(f"{key}={value!r} is not valid; it must be a size >= 1 (pixels)")
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        problems.append(f"SOLVER.AMP.ENABLED True needs a CUDA GPU (Detectron2's AMPTrainer), but MODEL.DEVICE is "
-                        f"{cfg.MODEL.DEVICE!r}; on the CPU train in float32 (SOLVER.AMP.ENABLED False)")
+        problems.append(f"SOLVER.AMP.ENABLED True needs a CUDA GPU (Detectron2's AMPTrainer), but "
+                        f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; on the CPU train in float32 "
+                        "(SOLVER.AMP.ENABLED False)")
+    if cfg.MODEL.COMPILE and cfg.MODEL.COMPILE not in compile_backends():
+        problems.append(
+            f"MODEL.COMPILE={cfg.MODEL.COMPILE!r} is not valid; allowed: '' (eager) or {compile_backends()}"
+        )
     clip_type = cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE
     if clip_type not in _CLIP_TYPES:
         problems.append(

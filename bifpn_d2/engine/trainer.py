@@ -21,6 +21,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
+from ..compile import compile_model
 from ..data.scale_jitter import build_train_mapper
 from .checkpointer import AtomicCheckpointer
 from .config import build_checked_model
@@ -97,8 +98,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """Build the model; a config value a builder rejects becomes a :class:`ConfigError`."""
+        """Build the model (compiled with ``MODEL.COMPILE``); a config value a builder
+        rejects becomes a :class:`ConfigError`."""
         model = build_checked_model(cfg)
+        if cfg.MODEL.COMPILE:
+            compile_model(model, backend=cfg.MODEL.COMPILE)
         logging.getLogger("detectron2").info(f"Model:\n{model}")  # as DefaultTrainer does
         return model
 
