@@ -19,6 +19,11 @@ levels are checked against effdet's config on the way.
   effdet as shipped and in channels-last memory format (model and input), its faster one
   being "effdet best". Ratios are ours / effdet best. On the CPU, or on a GPU in fp32
   and in mixed precision (``torch.autocast`` with float16, for both networks alike).
+  With ``compiled``, inference also as ``torch.compile`` (inductor, static shapes) makes
+  it: ours through :func:`bifpn_d2.compile_model` (backbone and head), effdet's network
+  (its ``DetBenchPredict`` model) compiled the same way; the rows then give both compiled
+  times, ``ours compiled / effdet compiled``, ``ours compiled / ours`` and the seconds
+  the first (compiling) call of each took.
 
 Not imported by ``import bifpn_d2``; needs ``effdet``.
 """
@@ -26,6 +31,7 @@ import contextlib
 import copy
 import itertools
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,6 +40,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from bifpn_d2.compile import compile_model
 from bifpn_d2.convert import box_channel_order, convert_effdet_detector
 from bifpn_d2.engine.config import load_config
 from bifpn_d2.export import raw_inference
@@ -203,9 +210,20 @@ class _Networks:
         )
         self.ours = ours.eval()
         self.folded = fold_for_inference(ours)
+        self.reference = reference
+        self.ours_compiled: Optional[nn.Module] = None
+        self.predict_compiled: Optional[nn.Module] = None
         self.ours_train = copy.deepcopy(ours).train()
         self.mean = ours.pixel_mean.view(1, 3, 1, 1)
         self.std = ours.pixel_std.view(1, 3, 1, 1)
+
+    def compile(self) -> None:
+        """Compiled copies for inference (static shapes: each batch size compiles anew)."""
+        effdet = _import_effdet()
+        self.ours_compiled = compile_model(copy.deepcopy(self.ours), dynamic=False)
+        network = copy.deepcopy(self.reference)
+        network.compile(dynamic=False)
+        self.predict_compiled = effdet.DetBenchPredict(network).to(self.mean.device).eval()
 
 
 class _Contestants:
@@ -233,12 +251,27 @@ class _Contestants:
 
     def inference(self) -> Dict[str, Callable[[], Any]]:
         images = [{"image": x["image"]} for x in self.inputs]
-        return {
+        fns = {
             "effdet": lambda: self.net.predict(self._normalised(False)),
             "effdet channels-last": lambda: self.net.predict_cl(self._normalised(True)),
             "ours": lambda: raw_inference(self.net.ours, images),
             "ours folded": lambda: raw_inference(self.net.folded, images),
         }
+        if self.net.ours_compiled is not None:
+            fns["effdet compiled"] = lambda: self.net.predict_compiled(self._normalised(False))
+            fns["ours compiled"] = lambda: raw_inference(self.net.ours_compiled, images)
+        return fns
+
+    def compile_seconds(self) -> Dict[str, float]:
+        """Seconds of the first call of each compiled contestant (compiling for this batch)."""
+        fns = self.inference()
+        seconds = {}
+        for label in ("effdet compiled", "ours compiled"):
+            start = time.perf_counter()
+            with torch.no_grad():
+                fns[label]()
+            seconds[f"{label} first call s"] = time.perf_counter() - start
+        return seconds
 
     def training(self) -> Dict[str, Callable[[], Any]]:
         def effdet_step(bench: nn.Module, channels_last: bool) -> None:
@@ -294,6 +327,7 @@ def race_rows(
     on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
     device: str = "cpu",
     precisions: Sequence[str] = ("fp32",),
+    compiled: bool = False,
 ) -> List[Dict[str, Any]]:
     """Race ours against effdet's ``efficientdet_<variant>`` (PyTorch padding, the flavour
     of our configs): for each variant, thread count (CPU) or precision (GPU) and batch
@@ -306,6 +340,7 @@ def race_rows(
         on_row: called with each row as it is measured.
         device: "cpu" or "cuda"; on "cuda" ``threads`` is ignored.
         precisions: "fp32" and/or "amp" (float16 autocast; "amp" needs ``device="cuda"``).
+        compiled: also race compiled inference (see the module docstring).
     Returns:
         rows with milliseconds per contestant (medians) and ``ours / effdet best`` ratios.
     """
@@ -325,11 +360,14 @@ def race_rows(
         reference, ours = build_pair(variant, name, device, config_root, size)
         difference = _relative_difference(reference, ours, torch.randn(1, 3, *size, device=device))
         networks = _Networks(reference, ours, device)
+        if compiled:
+            networks.compile()
         for num_threads in threads:
             torch.set_num_threads(num_threads)
             where = {"threads": num_threads} if device.type == "cpu" else {"device": device.type}
             for batch in batch_sizes:
                 contestants = _Contestants(networks, _pixels(batch, size).to(device))
+                first_calls = contestants.compile_seconds() if compiled else {}
                 phases = (("inference", contestants.inference()), ("training step", contestants.training()))
                 for precision, (phase, fns) in itertools.product(precisions, phases):
                     fns = {label: _in_precision(fn, device, precision) for label, fn in fns.items()}
@@ -342,6 +380,10 @@ def race_rows(
                            "ours / effdet best": ms["ours"] / best}
                     if "ours folded" in ms:
                         row["ours folded / effdet best"] = ms["ours folded"] / best
+                    if "ours compiled" in ms:
+                        row["ours compiled / effdet compiled"] = ms["ours compiled"] / ms["effdet compiled"]
+                        row["ours compiled / ours"] = ms["ours compiled"] / ms["ours"]
+                        row.update(first_calls)
                     row["target"] = RACE_TARGET
                     row["output difference (relative)"] = difference
                     rows.append(row)

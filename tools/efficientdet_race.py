@@ -7,6 +7,9 @@
     # speed: inference and training step, D0 (512) and D3 (896), batch 1 and 8, 1 and 2 threads
     python tools/efficientdet_race.py race --variants D0 D3 --batch-sizes 1 8 --threads 1 2 \\
         --repeats 5 --warmup 2 --output-dir output/efficientdet_race
+    # and compiled (torch.compile, inductor) inference, ours and effdet's
+    python tools/efficientdet_race.py race --variants D0 --batch-sizes 1 8 --threads 1 --compiled \
+        --output-dir output/efficientdet_race_compiled
     # on a GPU, fp32 and mixed precision
     python tools/efficientdet_race.py race --device cuda --precisions fp32 amp --repeats 20 \
         --warmup 5 --output-dir output/efficientdet_race_cuda
@@ -42,6 +45,8 @@ def get_parser() -> argparse.ArgumentParser:
     race.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     race.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
                       help="amp: float16 autocast, on --device cuda")
+    race.add_argument("--compiled", action="store_true",
+                      help="also race torch.compile'd inference (inductor), ours and effdet's")
     race.add_argument("--size", type=parse_size, default=None,
                       help="input size N or HxW for every variant (default: each config's)")
     for command in (size, race):
@@ -61,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     else:
         sizes = {v: args.size for v in args.variants} if args.size else None
         rows = race_rows(args.variants, args.batch_sizes, args.threads, args.repeats, args.warmup, sizes,
-                         args.config_root, on_row=show, device=args.device, precisions=args.precisions)
+                         args.config_root, on_row=show, device=args.device, precisions=args.precisions,
+                         compiled=args.compiled)
     table = markdown_table(rows, digits=4)
     write_csv(rows, os.path.join(args.output_dir, f"{args.command}.csv"))
     write_text(table, os.path.join(args.output_dir, f"{args.command}.md"))
