@@ -70,6 +70,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # and starts as the identity (zero-initialised output norm scales). False: EfficientDet's
     # plain cells, which train slower the deeper they are stacked (docs/neck_study.md).
     cfg.MODEL.BIFPN.RESIDUAL = True
+    # The initial scale of the norm ending each output node of a residual cell: 0 starts
+    # every residual cell as the identity; > 0 as input + that fraction of its change.
+    cfg.MODEL.BIFPN.RESIDUAL_SCALE = 0.0
     # Learning rate of the BiFPN's parameters (top block and cells) as a multiple of
     # SOLVER.BASE_LR; applied by bifpn_d2's trainer (tools/train_net.py).
     cfg.MODEL.BIFPN.LR_FACTOR = 1.0

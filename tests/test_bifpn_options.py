@@ -86,6 +86,29 @@ def test_residual_cells_start_as_the_identity():
     assert all(torch.equal(a, b) for a, b in zip(outputs, features))
 
 
+def test_residual_scale_starts_cells_with_that_much_change():
+    """residual_scale > 0: the output norms start at that scale, and the cell's output is
+    its input plus a change that grows with it."""
+    features = [torch.randn(1, 16, 9, 7), torch.randn(1, 16, 5, 4), torch.randn(1, 16, 3, 2)]
+    changes = {}
+    for scale in (0.1, 1.0):
+        torch.manual_seed(0)
+        model = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], out_channels=16, num_cells=2, max_level=5,
+                      residual=True, residual_scale=scale).eval()
+        with torch.no_grad():
+            outputs = model.cells[1](features)
+        changes[scale] = [o - f for o, f in zip(outputs, features)]
+        assert all(c.abs().max() > 0 for c in changes[scale])
+        cell = model.cells[1]
+        norms = [cell.nodes[i - len(features)].conv.norm.weight for i in cell.output_ids]
+        assert all(torch.equal(w, torch.full_like(w, scale)) for w in norms)
+    for small, full in zip(changes[0.1], changes[1.0]):
+        assert small.abs().mean() < full.abs().mean() / 3
+    _train_step(residual=True, residual_scale=0.5)
+    with pytest.raises(ValueError, match="residual_scale=-1"):
+        BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 2, max_level=5, residual=True, residual_scale=-1)
+
+
 def test_top_block_must_agree_with_max_level():
     with pytest.raises(ValueError, match="max_level=6 disagrees with the top block, which ends at P7"):
         BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 1, max_level=6, top_block=ConvP6P7TopBlock(24, 16, "c5"))

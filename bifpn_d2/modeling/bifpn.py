@@ -56,6 +56,7 @@ class BiFPN(PyramidBackbone):
         conv_init: str = "xavier_uniform",
         channels_last: bool = True,
         residual: bool = False,
+        residual_scale: float = 0.0,
     ):
         """
         Args:
@@ -83,6 +84,8 @@ class BiFPN(PyramidBackbone):
                 the first, unless the inputs already have the width) adds its inputs to
                 its outputs and starts as the identity (its output norms' scales are
                 zero), so that depth does not slow training down (see :class:`PyramidCell`).
+            residual_scale: the initial scale of those norms (0: each residual cell starts
+                as the identity; see :class:`PyramidCell`).
         """
         if num_cells < 1:
             raise ValueError(f"num_cells={num_cells} must be >= 1")
@@ -118,7 +121,7 @@ class BiFPN(PyramidBackbone):
         for _ in range(num_cells):
             self.cells.append(
                 PyramidCell(nodes, self.min_level, in_channels, out_channels, fusion, fusion_eps, activation,
-                            separable_conv, style, residual)
+                            separable_conv, style, residual, residual_scale)
             )
             in_channels = [out_channels] * len(in_channels)
         self._init_weights(conv_init)

@@ -174,6 +174,7 @@ def bifpn_options(cfg) -> Dict[str, Any]:
         conv_init=bc.CONV_INIT,
         channels_last=bc.CHANNELS_LAST,
         residual=bc.RESIDUAL,
+        residual_scale=bc.RESIDUAL_SCALE,
     )
 
 

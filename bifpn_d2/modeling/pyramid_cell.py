@@ -87,6 +87,7 @@ class PyramidCell(nn.Module):
         separable_conv: bool = True,
         style: LayerStyle = LayerStyle(),
         residual: bool = False,
+        residual_scale: float = 0.0,
     ):
         """
         Args:
@@ -101,8 +102,10 @@ class PyramidCell(nn.Module):
             style: norms, conv biases and max-pool padding (see :class:`LayerStyle`).
             residual: add each input to the cell's output at its level (an identity
                 path through the cell), when every input already has ``out_channels``
-                channels; otherwise the cell stays plain. A residual cell starts as the
-                identity: the norm ending each output node has its scale set to zero.
+                channels; otherwise the cell stays plain.
+            residual_scale: the initial scale of the norm that ends each output node of
+                a residual cell: 0 (the default) starts the cell as the identity; > 0
+                starts it as ``input + residual_scale * normalised change``.
         """
         super().__init__()
         num_levels = len(in_channels)
@@ -133,19 +136,22 @@ class PyramidCell(nn.Module):
         unfused = [min_level + k for k, i in enumerate(self.output_ids) if node_channels[i] != out_channels]
         if unfused:
             raise ValueError(f"levels {unfused} have no fused node to bring them to {out_channels} channels")
+        if residual_scale < 0:
+            raise ValueError(f"residual_scale={residual_scale} must be >= 0")
         self.residual = residual and all(c == out_channels for c in in_channels)
         if self.residual:
-            self._zero_output_norms()
+            self._scale_output_norms(residual_scale)
 
-    def _zero_output_norms(self) -> None:
-        """Zero the scale of the norm that ends each output node, so that the residual
-        cell computes the identity at initialisation (as ResNets zero the last norm of
-        each block) and learns its change from there. Norms without a scale are left."""
+    def _scale_output_norms(self, scale: float) -> None:
+        """Set the scale of the norm that ends each output node to ``scale``: with 0 the
+        residual cell computes the identity at initialisation (as ResNets zero the last
+        norm of each block) and learns its change from there. Norms without a scale are
+        left."""
         num_inputs = len(self.output_ids)
         for node_id in self.output_ids:
             norm = self.nodes[node_id - num_inputs].conv.norm
             if norm is not None and getattr(norm, "weight", None) is not None:
-                nn.init.zeros_(norm.weight)
+                nn.init.constant_(norm.weight, scale)
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         sizes: List[List[int]] = [[f.shape[-2], f.shape[-1]] for f in features]
