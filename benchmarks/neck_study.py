@@ -175,6 +175,10 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("shipped", "reference", "3 plain cells, EfficientDet's max-pool top block (as shipped before)",
      {"RESIDUAL": "False", "TOP_BLOCK": "efficientdet"}),
     ("plain", "residual", "the candidate with plain cells", {"RESIDUAL": "False"}),
+    ("residual_scale1", "residual", "the candidate's residual cells starting at their full change "
+     "(output norm scales 1, not 0: input + cell)", {"RESIDUAL_SCALE": "1.0"}),
+    ("residual_scale0.1", "residual", "the candidate's residual cells starting at a tenth of their change "
+     "(output norm scales 0.1)", {"RESIDUAL_SCALE": "0.1"}),
     ("top_efficientdet", "top block", "the candidate with EfficientDet's max-pool top block",
      {"TOP_BLOCK": "efficientdet"}),
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
@@ -185,10 +189,6 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"FUSE_TYPE": "channel_fast_normalized"}),
     ("channel_softmax", "fusion", "the candidate with google/automl's channel-wise softmax fusion",
      {"FUSE_TYPE": "channel_softmax"}),
-    ("residual_scale1", "residual", "the candidate's residual cells starting at their full change "
-     "(output norm scales 1, not 0: input + cell)", {"RESIDUAL_SCALE": "1.0"}),
-    ("residual_scale0.1", "residual", "the candidate's residual cells starting at a tenth of their change "
-     "(output norm scales 0.1)", {"RESIDUAL_SCALE": "0.1"}),
     ("neck_lr2", "schedule", "the candidate with the neck's learning rate doubled (MODEL.BIFPN.LR_FACTOR 2)",
      {"LR_FACTOR": "2.0"}),
 ]
