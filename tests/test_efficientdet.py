@@ -12,7 +12,7 @@ from typing import Tuple
 
 import pytest
 import torch
-from _tiny_models import randomize_norms_and_biases
+from _tiny_models import build_tiny_detector, randomize_norms_and_biases, tiny_efficientdet_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -305,3 +305,33 @@ def test_parameter_counts_equal_effdet(variant):
         ours = build_model(cfg)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) == count(reference) > 3_000_000
+
+
+@pytest.mark.parametrize("score_thresh", [0.0, 0.033])  # random weights score 0.02-0.07
+def test_batched_post_processing_equals_the_per_image_loop(score_thresh):
+    """Decoding, clipping and NMS of the whole batch at once (the eager path) give every
+    image the detections of Detectron2's per-image loop, in the same order; images of
+    three sizes, so clipping and anchors differ per image."""
+    from detectron2.modeling.meta_arch import RetinaNet
+
+    cfg = tiny_efficientdet_cfg()
+    cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = score_thresh
+    model = build_tiny_detector("", cfg)
+    randomize_norms_and_biases(model)
+    generator = torch.Generator().manual_seed(0)
+    sizes = [(96, 128), (80, 72), (64, 96)]
+    inputs = [{"image": torch.rand(3, h, w, generator=generator) * 255} for h, w in sizes]
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        predictions = model.head(features)
+        batched = model.forward_inference(images, features, predictions)
+        per_image = RetinaNet.forward_inference(model, images, features, predictions)
+    assert len(batched) == len(per_image) == 3
+    assert sum(len(r) for r in per_image) > 30
+    if score_thresh > 0:
+        assert any(len(r) < 100 for r in per_image), "the threshold drops candidates"
+    for b, p in zip(batched, per_image):
+        assert b.image_size == p.image_size
+        assert_instances_close(b, p, rtol=0, atol=1e-4)

@@ -19,7 +19,11 @@ EfficientDet) and the paper do it:
 - inference (``topk_over_all_levels=True``): the ``test_topk_candidates`` (5000) best
   (anchor, class) scores over all levels together, boxes decoded and clipped to the image,
   per-class NMS (IoU 0.5), the ``max_detections_per_image`` (100) best kept; scores below
-  ``test_score_thresh`` (0.001, where effdet's COCO evaluator stops) dropped.
+  ``test_score_thresh`` (0.001, where effdet's COCO evaluator stops) dropped. In eager
+  mode the whole batch is decoded at once: top-k on the logits of every image together
+  (the sigmoid, monotonic, only on the candidates), one gather of their regressions and
+  anchors, one clipping, and one NMS call for the batch (the image index folded into the
+  class, as Detectron2 folds classes); tracing and scripting keep the per-image loop.
   ``False`` gives Detectron2's RetinaNet rule (top-k per level, clipping after NMS).
 
 Left as Detectron2 does it, differing from effdet only in corner cases: a ground truth
@@ -305,6 +309,55 @@ class EfficientDet(RetinaNet):
         )
         loss_box = self.box_loss_weight * self.huber_delta * smooth_l1 / 4.0
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box / normalizer}
+
+    def forward_inference(self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]):
+        """Detections of every image of the batch (see the module docstring): at once in
+        eager mode, else image by image as Detectron2's RetinaNet (TorchScript has no
+        ``super()``, hence its loop here)."""
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing() and self.topk_over_all_levels:
+            return self._batched_inference(images, features, predictions)
+        logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores = [x[img_idx].sigmoid_() for x in logits]
+            image_deltas = [x[img_idx] for x in deltas]
+            results.append(self.inference_single_image(anchors, scores, image_deltas, image_size))
+        return results
+
+    @torch.jit.unused
+    def _batched_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        """:meth:`forward_inference` over the batch at once: the same detections as the
+        per-image path (:meth:`inference_single_image`), in the same order."""
+        logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        logits, deltas = torch.cat(logits, dim=1), torch.cat(deltas, dim=1)  # (N, R, K), (N, R, 4)
+        anchors = torch.cat([a.tensor for a in self.anchor_generator(features)])  # (R, 4)
+        num_images, num_classes = logits.shape[0], logits.shape[2]
+        k = min(logits.shape[1] * num_classes, self.test_topk_candidates)
+        top_logits, top_idxs = logits.flatten(1).topk(k, dim=1)  # (N, k), best first
+        scores = top_logits.sigmoid()
+        anchor_idxs = torch.div(top_idxs, num_classes, rounding_mode="floor")
+        classes = top_idxs % num_classes
+        picked = torch.gather(deltas, 1, anchor_idxs.unsqueeze(-1).expand(-1, -1, 4))
+        boxes = self.box2box_transform.apply_deltas(picked.reshape(-1, 4), anchors[anchor_idxs.reshape(-1)])
+        sizes = torch.tensor(images.image_sizes, device=boxes.device, dtype=boxes.dtype)  # (N, 2): H, W
+        upper = sizes[:, [1, 0, 1, 0]].repeat_interleave(k, dim=0)  # (N * k, 4): W, H, W, H
+        boxes = torch.minimum(boxes.clamp(min=0), upper)
+        image_idxs = torch.arange(num_images, device=boxes.device).repeat_interleave(k)
+        scores, classes = scores.reshape(-1), classes.reshape(-1)
+        kept = torch.nonzero(scores > self.test_score_thresh).squeeze(1)
+        keep = kept[batched_nms(boxes[kept], scores[kept], (image_idxs * num_classes + classes)[kept],
+                                self.test_nms_thresh)]  # by score, best first, all images
+        keep = keep[torch.sort(image_idxs[keep], stable=True).indices]  # grouped by image, still by score
+        counts = torch.bincount(image_idxs[keep], minlength=num_images).tolist()  # the one host sync
+        results = []
+        for image_size, chosen in zip(images.image_sizes, torch.split(keep, counts)):
+            chosen = chosen[: self.max_detections_per_image]
+            results.append(Instances(image_size, pred_boxes=Boxes(boxes[chosen]), scores=scores[chosen],
+                                     pred_classes=classes[chosen]))
+        return results
 
     def inference_single_image(
         self,
