@@ -335,3 +335,24 @@ def test_batched_post_processing_equals_the_per_image_loop(score_thresh):
     for b, p in zip(batched, per_image):
         assert b.image_size == p.image_size
         assert_instances_close(b, p, rtol=0, atol=1e-4)
+
+
+@needs_effdet
+def test_profile_tool_runs(tmp_path):
+    """tools/profile_model.py at a smoke size: every stage of both detectors has a time,
+    and the stage shares of each detector add up to 1. No time is asserted."""
+    args = ["--size", "256", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0",
+            "--output-dir", str(tmp_path)]
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "profile_model.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = read_rows(tmp_path / "profile.csv")
+    inference = [r for r in rows if r["phase"] == "inference"]
+    assert [r["stage"] for r in inference] == [
+        "batching + normalisation", "bottom-up", "neck", "class + box nets", "post-processing", "rescaling",
+        "stage sum", "whole",
+    ]
+    assert sum(float(r["ours share"]) for r in inference if r["ours share"] != "-") == pytest.approx(1.0)
+    training = [r["stage"] for r in rows if r["phase"] == "training step"]
+    assert training == ["forward (losses)", "backward", "whole step"]
+    assert all(float(r["ours ms"]) > 0 for r in rows if r["stage"] != "backward")
