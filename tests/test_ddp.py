@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
+from bifpn_d2.engine.ema import build_model_ema, unwrap
 from bifpn_d2.layers import make_norm
 
 _STEPS = 2
@@ -48,14 +49,16 @@ def _train_replica(norm: str, rank: int) -> dict:
     # broadcast_buffers=False: batch-norm statistics agree across ranks only if the norm syncs.
     ddp = DistributedDataParallel(model, find_unused_parameters=False, broadcast_buffers=False)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+    ema = build_model_ema(ddp, decay=0.5)  # what the trainer keeps with MODEL_EMA.ENABLED
     for step in range(_STEPS):
         batch = [training_input(64, 96, seed=1000 * (rank + 1) + 10 * step + i) for i in range(2)]
         losses = training_losses(ddp, batch)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
+        ema.update(unwrap(ddp), step=step + 1)
     params = [name for name, _ in model.named_parameters()]
-    return {"initial": initial, "final": model.state_dict(), "params": params}
+    return {"initial": initial, "final": model.state_dict(), "params": params, "ema": ema.module.state_dict()}
 
 
 def _ddp_worker(out_dir: str) -> None:
@@ -85,6 +88,10 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert len(changed) > 0.8 * len(params), f"{norm}: {len(changed)}/{len(params)} parameters trained"
         differing = [k for k in params if not torch.equal(first[k], second[k])]
         assert not differing, f"{norm}: replicas diverged in {differing[:5]}"
+        # The weight EMA of each rank follows identical weights: identical, and not the weights.
+        ema_first, ema_second = ranks[0][norm]["ema"], ranks[1][norm]["ema"]
+        assert all(torch.equal(ema_first[k], ema_second[k]) for k in params), norm
+        assert any(not torch.equal(ema_first[k], first[k]) for k in params), norm
         stats = [k for k in first if "cells" in k and k.endswith("running_mean")]
         assert stats and all(not torch.equal(first[k], initial[k]) for k in stats)
         synced = [torch.equal(first[k], second[k]) for k in stats]
