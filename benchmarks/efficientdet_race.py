@@ -53,6 +53,7 @@ __all__ = [
     "PAPER",
     "PRECISIONS",
     "RACE_TARGET",
+    "LITE_VARIANTS",
     "VARIANTS",
     "build_pair",
     "config_path",
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 VARIANTS = ("D0", "D1", "D2", "D3", "D4", "D5", "D6", "D7", "D7x")
+# effdet's tf_efficientdet_lite* (EfficientDet-Lite, not in the paper)
+LITE_VARIANTS = ("Lite0", "Lite1", "Lite2", "Lite3", "Lite4")
 # Published (params M, GFLOPs): the paper's Table 2 for D0-D7, google/automl's README for D7x.
 PAPER = {f"D{phi}": (params, gflops) for phi, (_, params, gflops, _) in EFFICIENTDET_PAPER.items()}
 PAPER["D7x"] = (77.0, 410.0)
@@ -172,7 +175,7 @@ def size_rows(
             "input": f"{size[0]}x{size[1]}",
             "params_M": count_parameters(ours) / 1e6,
             "effdet_params_M": count_parameters(reference) / 1e6,
-            "paper_params_M": PAPER[variant][0],
+            "paper_params_M": PAPER.get(variant, ("-", "-"))[0],
             "shipped_config_params_M": shipped_params / 1e6,
         }
         row["params_ratio"] = row["params_M"] / row["effdet_params_M"]
@@ -180,7 +183,7 @@ def size_rows(
             x = torch.zeros(1, 3, *size)
             row["GFLOPs"] = count_flops(_Network(ours, True), (x,)) / 1e9
             row["effdet_GFLOPs"] = count_flops(_Network(reference, False), (x,)) / 1e9
-            row["paper_GFLOPs"] = PAPER[variant][1]
+            row["paper_GFLOPs"] = PAPER.get(variant, ("-", "-"))[1]
             row["GFLOPs_ratio"] = row["GFLOPs"] / row["effdet_GFLOPs"]
         rows.append(row)
         if on_row is not None:

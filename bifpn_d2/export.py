@@ -266,9 +266,13 @@ def export_and_verify(
     if method == "tracing":
         logger.info("Inputs schema: %s", adapter.inputs_schema)
         logger.info("Outputs schema: %s", adapter.outputs_schema)
-    # onnxruntime's kernels round differently from PyTorch's; boxes are in pixels.
-    tolerance = 1e-3 if fmt == "onnx" else 1e-5
-    diff = assert_instances_close(expected, actual, rtol=tolerance, atol=tolerance)
+    # onnxruntime's kernels round differently from PyTorch's, and boxes are in pixels: for
+    # ONNX, 1e-3 relative and 2e-4 of the image's longer side absolute (0.06 px at 320).
+    if fmt == "onnx":
+        rtol, atol = 1e-3, max(1e-3, 2e-4 * max(image.shape[1:]))
+    else:
+        rtol = atol = 1e-5
+    diff = assert_instances_close(expected, actual, rtol=rtol, atol=atol)
     logger.info("Wrote %s; it runs on a %s image and matches PyTorch (%d detections, max abs diff %.3g)",
                 path, "x".join(map(str, image.shape[1:])), len(expected), diff)
     return path

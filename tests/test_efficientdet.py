@@ -290,7 +290,8 @@ def read_rows(path):
 
 
 @needs_effdet
-@pytest.mark.parametrize("variant", ["D0", "D1", "D2", "D3", "D4", "D5", "D6", "D7", "D7x"])
+@pytest.mark.parametrize("variant", ["D0", "D1", "D2", "D3", "D4", "D5", "D6", "D7", "D7x",
+                                     "Lite0", "Lite1", "Lite2", "Lite3", "Lite4"])
 def test_parameter_counts_equal_effdet(variant):
     """Every config builds exactly as many parameters as effdet's tf_efficientdet_<variant>
     (90 classes, redundant biases, as our config in that flavour). Built on the meta device:
@@ -356,3 +357,42 @@ def test_profile_tool_runs(tmp_path):
     training = [r["stage"] for r in rows if r["phase"] == "training step"]
     assert training == ["forward (losses)", "backward", "whole step"]
     assert all(float(r["ours ms"]) > 0 for r in rows if r["stage"] != "backward")
+
+
+@needs_effdet
+@pytest.mark.parametrize("size", [(320, 320), (256, 384)], ids=["320", "256x384"])
+def test_lite0_outputs_and_detections_equal_effdet(size):
+    """EfficientDet-Lite0 (ReLU6, sum fusion, TF padding and biases) holding the weights of
+    effdet's tf_efficientdet_lite0 (randomised norms and biases): the same logits, box
+    regressions and detections, square and not."""
+    torch.manual_seed(0)
+    reference = effdet.create_model("tf_efficientdet_lite0", pretrained=False, pretrained_backbone=False,
+                                    image_size=size)
+    randomize_norms_and_biases(reference.eval())
+    cfg = bifpn_d2.add_bifpn_config(get_cfg())
+    cfg.merge_from_file(str(ROOT / "configs/EfficientDet/EfficientDet-Lite0.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.EFFICIENTDET.NUM_CLASSES = "cpu", 90
+    cfg.MODEL.EFFICIENTNET.NORM = cfg.MODEL.BIFPN.NORM = cfg.MODEL.EFFICIENTDET.NORM = "BN"
+    cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = 0.0
+    ours = build_model(cfg).eval()
+    state, missing, unexpected = convert_effdet_detector(reference.state_dict(), ours)
+    assert missing == [] and unexpected == []
+    ours.load_state_dict(state)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected_logits, expected_boxes = reference(x)
+        _, (logits, boxes) = _our_network(ours, x)
+        img_info = {"img_scale": torch.ones(1), "img_size": torch.tensor([size[::-1]], dtype=torch.float)}
+        expected = effdet.DetBenchPredict(reference)(x, img_info=img_info)[0]
+        features, predictions = _our_network(ours, x)
+        detections = ours.forward_inference(ImageList(x, [size]), features, predictions)[0]
+    assert max(e.abs().max().item() for e in expected_logits) > 3
+    for actual, exp in zip(logits, expected_logits):
+        torch.testing.assert_close(actual, exp, rtol=0, atol=TOL)
+    for actual, exp in zip(boxes, expected_boxes):
+        torch.testing.assert_close(actual, exp[:, BOX_ORDER], rtol=0, atol=TOL)
+    reference_detections = Instances(size, pred_boxes=Boxes(expected[:, :4]), scores=expected[:, 4],
+                                     pred_classes=expected[:, 5].long() - 1)
+    if size[0] % 128 == 0 and size[1] % 128 == 0:  # effdet's anchors are exact only then
+        assert len(detections) == 100
+        assert_instances_close(detections, reference_detections, rtol=0, atol=1e-3)

@@ -17,6 +17,7 @@ from _tiny_models import (
     tiny_efficientdet_cfg,
 )
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
 from PIL import Image
 from torch.export import Dim
 
@@ -203,3 +204,32 @@ def test_export_model_tool_rejects_scripting_to_onnx(tmp_path):
     done = _tool(["--config-file", "x.yaml", "--format", "onnx", "--export-method", "scripting",
                   "--output", str(tmp_path)], timeout=120)
     assert done.returncode == 2 and "scripting supports --format torchscript only" in done.stderr
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_efficientdet_lite0_exports(fmt, tmp_path):
+    """The Lite models exist to be exported: EfficientDet-Lite0 as shipped (ReLU6, TF
+    padding) traces to TorchScript and to ONNX, whose onnxruntime detections equal
+    PyTorch's (export_and_verify compares them)."""
+    from bifpn_d2.engine.config import load_config
+
+    torch.manual_seed(0)
+    plain_bn = ["MODEL.EFFICIENTNET.NORM", "BN", "MODEL.BIFPN.NORM", "BN", "MODEL.EFFICIENTDET.NORM", "BN"]
+    cfg = load_config("EfficientDet/EfficientDet-Lite0.yaml", ["MODEL.DEVICE", "cpu", *plain_bn])
+    model = build_model(cfg)
+    pixels = torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(0)) * 255
+    # Random weights with the norms' initial statistics saturate every ReLU6: the outputs
+    # would not depend on the image and every score would tie. Statistics of two batches first.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches seen
+    model.train()
+    with torch.no_grad():
+        for seed in (1, 2):
+            x = torch.rand(2, 3, 320, 320, generator=torch.Generator().manual_seed(seed)) * 255
+            features = model.backbone((x - model.pixel_mean) / model.pixel_std)
+            model.head([features[f] for f in model.head_in_features])
+    model.eval()
+    path = export_and_verify(model, pixels, fmt, "tracing", str(tmp_path))
+    assert os.path.getsize(path) > 0

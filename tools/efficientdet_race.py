@@ -26,14 +26,14 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
 from benchmarks import format_value, markdown_table, parse_size, write_csv, write_text
-from benchmarks.efficientdet_race import PRECISIONS, VARIANTS, race_rows, size_rows
+from benchmarks.efficientdet_race import LITE_VARIANTS, PRECISIONS, VARIANTS, race_rows, size_rows
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     size = commands.add_parser("size", help="parameters and FLOPs, ours vs effdet vs the paper")
-    size.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    size.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + LITE_VARIANTS)
     size.add_argument("--no-flops", action="store_true", help="parameters only (fast)")
     race = commands.add_parser("race", help="inference and training-step times, ours vs effdet")
     race.add_argument("--variants", nargs="+", default=["D0", "D3"], choices=VARIANTS[:4],

@@ -20,7 +20,7 @@ NORMS = ("BN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "FrozenBN",
 # Earlier spellings of this project, still accepted.
 _ALIASES = {"NaiveSyncBN": "naiveSyncBN", "none": ""}
 NORM_ALIASES = tuple(_ALIASES)
-ACTIVATIONS = ("swish", "silu", "relu", "none", "")
+ACTIVATIONS = ("swish", "silu", "relu", "relu6", "none", "")
 
 
 def canonical_norm(norm: str) -> str:
@@ -100,11 +100,14 @@ class LayerStyle:
 
 
 def make_activation(name: str) -> nn.Module:
-    """``swish``/``silu`` -> SiLU (x * sigmoid(x)), ``relu`` -> ReLU, ``none``/"" -> Identity."""
+    """``swish``/``silu`` -> SiLU (x * sigmoid(x)), ``relu`` -> ReLU, ``relu6`` -> ReLU6
+    (EfficientDet-Lite), ``none``/"" -> Identity."""
     if name not in ACTIVATIONS:
         raise ValueError(f"activation {name!r} is not one of {list(ACTIVATIONS)}")
     if name in ("swish", "silu"):
         return nn.SiLU()
     if name == "relu":
         return nn.ReLU()
+    if name == "relu6":
+        return nn.ReLU6()
     return nn.Identity()

@@ -336,6 +336,9 @@ class EfficientDet(RetinaNet):
         anchors = torch.cat([a.tensor for a in self.anchor_generator(features)])  # (R, 4)
         num_images, num_classes = logits.shape[0], logits.shape[2]
         k = min(logits.shape[1] * num_classes, self.test_topk_candidates)
+        # Top-k on the logits (the sigmoid is monotonic), the sigmoid on the candidates only.
+        # Scores that round to one float32 value may come in another order than in the
+        # per-image path, which ranks the scores: the same detections up to such ties.
         top_logits, top_idxs = logits.flatten(1).topk(k, dim=1)  # (N, k), best first
         scores = top_logits.sigmoid()
         anchor_idxs = torch.div(top_idxs, num_classes, rounding_mode="floor")

@@ -17,7 +17,9 @@ from ..checkpoint import timm_pretrained_kwargs, unreadable
 
 __all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "FEATURE_NAMES", "EfficientNetBackbone"]
 
-EFFICIENTNET_NAMES = tuple(f"{prefix}efficientnet_b{i}" for prefix in ("", "tf_") for i in range(8))
+EFFICIENTNET_NAMES = tuple(f"{prefix}efficientnet_b{i}" for prefix in ("", "tf_") for i in range(8)) + tuple(
+    f"tf_efficientnet_lite{i}" for i in range(5)  # EfficientDet-Lite's bottom-ups
+)
 # Detectron2's names of the norms timm's blocks can be converted to ("nnSyncBN" = "SyncBN").
 EFFICIENTNET_NORMS = ("BN", "FrozenBN", "SyncBN", "nnSyncBN")
 FEATURE_NAMES = ("c1", "c2", "c3", "c4", "c5")  # strides 2..32, timm's feature indices 0..4

@@ -198,7 +198,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
         if isinstance(module, FusionNode):
             module.fusion = _freeze_fusion(module.fusion)
             frozen = isinstance(module.fusion, (FrozenFusion, FrozenChannelFusion))
-            if frozen and isinstance(module.act, (nn.SiLU, nn.ReLU)):
+            if frozen and isinstance(module.act, (nn.SiLU, nn.ReLU, nn.ReLU6)):
                 module.act.inplace = True
         elif isinstance(module, WeightedFPN):
             # The fusions are both named children (fpn_fusion<level>) and list entries.
