@@ -50,7 +50,7 @@ def add_bifpn_config(cfg: CN) -> CN:
     # "weighted" | "sum" | "avg", or google/automl's channel-wise kinds (one weight per
     # channel per input): "channel_fast_normalized" | "channel_softmax".
     cfg.MODEL.BIFPN.FUSE_TYPE = "fast_normalized"
-    cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "none"
+    cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "relu6" | "none"
     cfg.MODEL.BIFPN.SEPARABLE_CONV = True  # depthwise-separable 3x3 (False: dense 3x3)
     # Detectron2's norm names: "BN" | "SyncBN" | "nnSyncBN" | "naiveSyncBN" | "naiveSyncBN_N"
     # | "FrozenBN" | "GN" | "LN" | "". GN by default: independent of the batch size (a
