@@ -41,24 +41,12 @@ def _our_stages(model, pixels: torch.Tensor) -> Dict[str, Callable[[], Any]]:
     return {
         "batching + normalisation": lambda: model.preprocess_image(inputs),
         "bottom-up": lambda: model.backbone.bottom_up(images.tensor),
-        "neck": lambda: _our_neck(model.backbone, bottom_up),
+        "neck": lambda: model.backbone.pyramid(bottom_up),
         "class + box nets": lambda: model.head(features),
         "post-processing": lambda: model.forward_inference(images, features, predictions),
         "rescaling": lambda: [detector_postprocess(d, height, width) for d in detections],
         "whole": lambda: model(inputs),
     }
-
-
-def _our_neck(neck, bottom_up: Dict[str, torch.Tensor]):
-    """The BiFPN's work after the bottom-up network (top block, then the cells)."""
-    features = [bottom_up[name] for name in neck.in_features]
-    if neck.top_block is not None:
-        features = features + neck.top_block(bottom_up[neck.top_block.in_feature])
-    if neck.channels_last:
-        features = [f.contiguous(memory_format=torch.channels_last) for f in features]
-    for cell in neck.cells:
-        features = cell(features)
-    return features
 
 
 def _effdet_stages(bench, pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):

@@ -147,7 +147,11 @@ class BiFPN(PyramidBackbone):
         Returns:
             ``{"p3": (N, W, H/8, W/8), ...}``, one map per output level.
         """
-        bottom_up_features = self.bottom_up(x)
+        return self.pyramid(self.bottom_up(x))
+
+    def pyramid(self, bottom_up_features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The neck's work on the bottom-up network's outputs (top block, then the cells):
+        ``forward`` without the bottom-up pass, e.g. to time the neck alone."""
         features: List[torch.Tensor] = [bottom_up_features[name] for name in self.in_features]
         if self.top_block is not None:
             features = features + self.top_block(bottom_up_features[self.top_block.in_feature])
