@@ -143,31 +143,30 @@ def check_values(cfg: CfgNode) -> None:
     Raises:
         ConfigError: the first bad value.
     """
-    problems = []
     if not cfg.SOLVER.BASE_LR > 0:
-        problems.append(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR!r} is not valid; it must be > 0")
+        raise ConfigError(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR!r} is not valid; it must be > 0")
     sizes = cfg.INPUT.MIN_SIZE_TRAIN
     sizes = sizes if isinstance(sizes, (list, tuple)) else (sizes,)
     if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
-        problems.append(f"INPUT.MIN_SIZE_TRAIN={tuple(sizes)!r} is not valid; its sizes must be >= 1")
+        raise ConfigError(f"INPUT.MIN_SIZE_TRAIN={tuple(sizes)!r} is not valid; its sizes must be >= 1")
     for key in ("INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"):
         section, name = key.split(".")
         value = cfg[section][name]
         if key == "INPUT.MIN_SIZE_TEST" and value == 0:
             continue  # Detectron2: 0 disables resizing at test time
         if not isinstance(value, int) or value < 1:
-            problems.append(f"{key}={value!r} is not valid; it must be a size >= 1 (pixels)")
+            raise ConfigError(f"{key}={value!r} is not valid; it must be a size >= 1 (pixels)")
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        problems.append(f"SOLVER.AMP.ENABLED True needs a CUDA GPU (Detectron2's AMPTrainer), but "
-                        f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; on the CPU train in float32 "
-                        "(SOLVER.AMP.ENABLED False)")
+        raise ConfigError(f"SOLVER.AMP.ENABLED True needs a CUDA GPU (Detectron2's AMPTrainer), but "
+                          f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; on the CPU train in float32 "
+                          "(SOLVER.AMP.ENABLED False)")
     if cfg.MODEL.COMPILE and cfg.MODEL.COMPILE not in compile_backends():
-        problems.append(
+        raise ConfigError(
             f"MODEL.COMPILE={cfg.MODEL.COMPILE!r} is not valid; allowed: '' (eager) or {compile_backends()}"
         )
     clip_type = cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE
     if clip_type not in _CLIP_TYPES:
-        problems.append(
+        raise ConfigError(
             f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip_type!r} is not valid; allowed values: {_CLIP_TYPES}"
         )
     for check, key, value in ((check_decay, "MODEL_EMA.DECAY", cfg.MODEL_EMA.DECAY),
@@ -175,9 +174,7 @@ def check_values(cfg: CfgNode) -> None:
         try:
             check(key, value)
         except ValueError as e:
-            problems.append(str(e))
-    if problems:
-        raise ConfigError(problems[0])
+            raise ConfigError(str(e)) from None
 
 
 def build_checked_model(cfg: CfgNode, device: Optional[str] = None) -> torch.nn.Module:
