@@ -179,14 +179,18 @@ def run_onnx(onnx_model: Union[bytes, str], image: Tensor) -> List[Tensor]:
 
 
 def assert_instances_close(
-    expected: Instances, actual: Instances, rtol: float = 1e-5, atol: float = 1e-5
+    expected: Instances, actual: Instances, rtol: float = 1e-5, atol: float = 1e-5, score_ties: float = 0.0
 ) -> float:
     """Check that two detection results hold the same detections, and return the largest
     absolute difference between matched values.
 
     Detections are matched one to one (greedily, in order), each to the first unmatched
     one whose every field (boxes, scores, classes, ...) is close: runtimes may order
-    detections of (nearly) equal score differently, which is not an error.
+    detections of (nearly) equal score differently, which is not an error. With
+    ``score_ties > 0``, a detection left without a match is accepted when the other side
+    has one left of the same class whose score differs by at most ``score_ties``: two
+    overlapping candidates whose scores tie up to float rounding, of which NMS keeps
+    whichever came first.
 
     Raises:
         AssertionError: the image sizes, counts or field names differ, or a detection
@@ -208,16 +212,27 @@ def assert_instances_close(
     close = ((e[:, None] - a[None]).abs() <= atol + rtol * a[None].abs()).all(dim=2)  # (R, R)
     worst = 0.0
     unmatched = torch.ones(len(actual), dtype=torch.bool)
+    left: List[int] = []
     for i in range(len(expected)):
         candidates = torch.nonzero(close[i] & unmatched).flatten()
         if len(candidates) == 0:
+            left.append(i)
+            continue
+        j = candidates[0]
+        unmatched[j] = False
+        worst = max(worst, (e[i] - a[j]).abs().max().item())
+    scores, classes = fields_e.get("scores"), fields_e.get("pred_classes")
+    for i in left:
+        ties = torch.zeros(len(actual), dtype=torch.bool)
+        if score_ties > 0 and scores is not None and classes is not None:
+            ties = unmatched & (fields_a["pred_classes"] == classes[i])
+            ties &= (fields_a["scores"].double() - scores[i].double()).abs() <= score_ties
+        if not ties.any():
             raise AssertionError(
                 f"detection {i} {e[i].tolist()} has no match within rtol={rtol}, atol={atol} "
                 f"(fields {sorted(fields_e)}); nearest: {a[(e[i] - a).abs().amax(dim=1).argmin()].tolist()}"
             )
-        j = candidates[0]
-        unmatched[j] = False
-        worst = max(worst, (e[i] - a[j]).abs().max().item())
+        unmatched[torch.nonzero(ties).flatten()[0]] = False
     return worst
 
 

@@ -18,6 +18,7 @@ from _tiny_models import (
 )
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torch.export import Dim
 
@@ -233,3 +234,22 @@ def test_efficientdet_lite0_exports(fmt, tmp_path):
     model.eval()
     path = export_and_verify(model, pixels, fmt, "tracing", str(tmp_path))
     assert os.path.getsize(path) > 0
+
+
+def test_instances_match_up_to_order_and_score_ties_only():
+    """Reordered detections match; a swap between two candidates of the same class whose
+    scores tie within ``score_ties`` is accepted only when asked for; anything else fails."""
+    def instances(boxes, scores, classes):
+        return Instances((100, 100), pred_boxes=Boxes(torch.tensor(boxes)), scores=torch.tensor(scores),
+                         pred_classes=torch.tensor(classes))
+
+    a = instances([[0.0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.5], [1, 2])
+    assert_instances_close(a, instances([[20.0, 20, 40, 40], [0, 0, 10, 10]], [0.5, 0.9], [2, 1]))
+    swapped = instances([[0.0, 0, 10, 10], [28, 20, 48, 40]], [0.9, 0.5 + 1e-8], [1, 2])
+    with pytest.raises(AssertionError, match="detection 1 .* has no match"):
+        assert_instances_close(a, swapped)
+    assert_instances_close(a, swapped, score_ties=1e-6)
+    for other in (instances([[0.0, 0, 10, 10], [28, 20, 48, 40]], [0.9, 0.51], [1, 2]),  # not a tie
+                  instances([[0.0, 0, 10, 10], [28, 20, 48, 40]], [0.9, 0.5], [1, 3])):  # other class
+        with pytest.raises(AssertionError, match="has no match"):
+            assert_instances_close(a, other, score_ties=1e-6)
