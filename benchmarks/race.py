@@ -20,8 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bifpn_d2 import BiFPN, MaxPoolTopBlock, WeightedFPN, fold_for_inference
+from bifpn_d2 import (
+    BiFPN,
+    CellOptions,
+    EfficientDetTopBlock,
+    MaxPoolTopBlock,
+    WeightedFPN,
+    fold_for_inference,
+)
 from bifpn_d2.convert import convert_effdet_state_dict
+from bifpn_d2.layers import LayerStyle
 
 from .measure import count_parameters, interleaved_times, median, peak_memory_bytes
 from .models import PrecomputedFeatures
@@ -132,15 +140,12 @@ def bifpn_contestants(case: str, size: List[int], batch: int, device: torch.devi
         dict(zip(names, features)), {n: 2 ** (config.min_level + i) for i, n in enumerate(names)}
     )
     tf_weights = name.startswith("tf_")
-    ours = BiFPN(
-        stand_in,
-        names,
-        config.fpn_channels,
-        config.fpn_cell_repeats,
-        config.max_level,
-        same_padding=tf_weights,
-        bias_before_norm=tf_weights,
-    )
+    # effdet's neck: BN, its top block (1x1 conv + max-pools over the last input), plain cells
+    style = LayerStyle("BN", same_padding=tf_weights, bias_before_norm=tf_weights)
+    num_extra = config.max_level - (config.min_level + len(names) - 1)
+    top_block = EfficientDetTopBlock(features[-1].shape[1], config.fpn_channels, num_extra, names[-1], style)
+    ours = BiFPN(stand_in, names, config.fpn_channels, config.fpn_cell_repeats, top_block,
+                 CellOptions(residual=False), style)
     converted, _ = convert_effdet_state_dict(effdet.state_dict(), ours)
     ours.load_state_dict({k: v for k, v in converted.items() if not k.startswith("bottom_up.")})
     ours = ours.to(device).eval()

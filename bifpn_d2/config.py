@@ -12,11 +12,17 @@ semantic FPN), so switching neck takes only ``MODEL.BACKBONE.NAME``: the BiFPN t
 the width of ``MODEL.FPN.OUT_CHANNELS``, GN, and pads images as Detectron2's FPN does, and
 its cells are the neck study's recipe (3 residual cells, learned P6/P7 from C5;
 ``docs/neck_study.md``). EfficientDet's configs set EfficientDet's own cells explicitly.
-"""
-from collections.abc import Iterable
-from typing import Any
 
+The BiFPN keys take their defaults from the constructors' (:class:`CellOptions`,
+:data:`BIFPN_STYLE`), so ``BiFPN(bottom_up, features, width, top_block=...)`` and a config
+that only names the BiFPN builder build the same neck. ``check_choice`` and
+``check_positive`` are :mod:`bifpn_d2.layers.checks`'s.
+"""
 from detectron2.config import CfgNode as CN
+
+from .layers.checks import check_choice, check_positive
+from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
+from .modeling.pyramid_cell import DEFAULT_CELL as _CELL
 
 __all__ = ["add_bifpn_config", "check_choice", "check_positive"]
 
@@ -29,7 +35,7 @@ def add_bifpn_config(cfg: CN) -> CN:
     # "fast_normalized" with our FPN builders.
     cfg.MODEL.FPN.TOP_BLOCK = ""  # "" = maxpool for R-CNN builders, p6p7_c5 for RetinaNet
     # ones; or "maxpool" | "p6p7_c5" | "p6p7_p5" | "efficientdet"
-    cfg.MODEL.FPN.FUSION_EPS = 1e-4  # epsilon of fast normalized fusion (FPN and BiFPN)
+    cfg.MODEL.FPN.FUSION_EPS = _CELL.fusion_eps  # 1e-4: epsilon of fast normalized fusion (both necks)
     # Pad input images to a multiple of this: -1 = the stride of the last input level, as
     # Detectron2's FPN (32 for res5); 0 = no padding (our necks resize to exact sizes and
     # need none, but Detectron2 heads such as SemSegFPNHead and checkpoints trained with
@@ -41,44 +47,49 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Width W; 0 = MODEL.FPN.OUT_CHANNELS (256 in Detectron2's configs), the width that
     # Detectron2's and LazyConfig heads are sized for. EfficientDet: 64 * 1.35**phi.
     cfg.MODEL.BIFPN.OUT_CHANNELS = 0
-    cfg.MODEL.BIFPN.NUM_CELLS = 3  # depth D, repeated cells (EfficientDet: 3 + phi)
+    cfg.MODEL.BIFPN.NUM_CELLS = DEFAULT_NUM_CELLS  # 3: depth D, repeated cells (EfficientDet: 3 + phi)
     # Coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet ones, and under the
     # SemanticSegmentor meta-architecture the last level SEM_SEG_HEAD.IN_FEATURES reads.
     cfg.MODEL.BIFPN.MAX_LEVEL = 0
-    cfg.MODEL.BIFPN.GRAPH = "bifpn"  # "bifpn" | "panet"
+    cfg.MODEL.BIFPN.GRAPH = _CELL.graph  # "bifpn" | "panet"
     # The same key and values as MODEL.FPN.FUSE_TYPE: "fast_normalized" | "softmax" |
     # "weighted" | "sum" | "avg", or google/automl's channel-wise kinds (one weight per
     # channel per input): "channel_fast_normalized" | "channel_softmax".
-    cfg.MODEL.BIFPN.FUSE_TYPE = "fast_normalized"
-    cfg.MODEL.BIFPN.ACTIVATION = "swish"  # after each fusion: "swish" | "relu" | "relu6" | "none"
-    cfg.MODEL.BIFPN.SEPARABLE_CONV = True  # depthwise-separable 3x3 (False: dense 3x3)
+    cfg.MODEL.BIFPN.FUSE_TYPE = _CELL.fusion  # "fast_normalized"
+    # After each fusion: "swish" | "relu" | "relu6" | "none".
+    cfg.MODEL.BIFPN.ACTIVATION = _CELL.activation  # "swish"
+    cfg.MODEL.BIFPN.SEPARABLE_CONV = _CELL.separable_conv  # True: separable 3x3; False: dense 3x3
     # Detectron2's norm names: "BN" | "SyncBN" | "nnSyncBN" | "naiveSyncBN" | "naiveSyncBN_N"
     # | "FrozenBN" | "GN" | "LN" | "". GN by default: independent of the batch size (a
     # Detectron2 R-CNN config trains 2 images per GPU, too few for BN); EfficientDet's
     # configs set BN or SyncBN.
-    cfg.MODEL.BIFPN.NORM = "GN"
-    cfg.MODEL.BIFPN.NORM_EPS = 1e-3  # EfficientDet's BN: eps 1e-3, momentum 0.01
-    cfg.MODEL.BIFPN.NORM_MOMENTUM = 0.01
-    cfg.MODEL.BIFPN.SAME_PADDING = False  # TF "SAME" max-pool padding, for tf_ checkpoints
-    cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = False  # redundant conv biases of TF EfficientDet
+    cfg.MODEL.BIFPN.NORM = BIFPN_STYLE.norm  # "GN"
+    # EfficientDet's BN: eps 1e-3, momentum 0.01 (the defaults).
+    cfg.MODEL.BIFPN.NORM_EPS = BIFPN_STYLE.norm_eps
+    cfg.MODEL.BIFPN.NORM_MOMENTUM = BIFPN_STYLE.norm_momentum
+    # TF "SAME" max-pool padding, and the redundant conv biases of TF EfficientDet, for tf_
+    # checkpoints (both False by default).
+    cfg.MODEL.BIFPN.SAME_PADDING = BIFPN_STYLE.same_padding
+    cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = BIFPN_STYLE.bias_before_norm
     # Levels above the last input: "p6p7_c5" (RetinaNet's strided 3x3 convs from the last
     # input, learned; one level, P6, for R-CNN pyramids) or "efficientdet" (1x1 conv + norm +
     # max-pools, EfficientDet's).
     cfg.MODEL.BIFPN.TOP_BLOCK = "p6p7_c5"
-    cfg.MODEL.BIFPN.CONV_INIT = "xavier_uniform"  # cell convs: | "c2_xavier" (Detectron2's FPN)
+    # Cell convs: "xavier_uniform" | "c2_xavier" (Detectron2's FPN).
+    cfg.MODEL.BIFPN.CONV_INIT = _CELL.conv_init  # "xavier_uniform"
     # Residual cells: each cell whose inputs have the neck's width adds them to its outputs
     # and starts as the identity (zero-initialised output norm scales). False: EfficientDet's
     # plain cells, which train slower the deeper they are stacked (docs/neck_study.md).
-    cfg.MODEL.BIFPN.RESIDUAL = True
+    cfg.MODEL.BIFPN.RESIDUAL = _CELL.residual  # True
     # The initial scale of the norm ending each output node of a residual cell: 0 starts
     # every residual cell as the identity; > 0 as input + that fraction of its change.
-    cfg.MODEL.BIFPN.RESIDUAL_SCALE = 0.0
+    cfg.MODEL.BIFPN.RESIDUAL_SCALE = _CELL.residual_scale  # 0.0
     # Learning rate of the BiFPN's parameters (top block and cells) as a multiple of
     # SOLVER.BASE_LR; applied by bifpn_d2's trainer (tools/train_net.py).
     cfg.MODEL.BIFPN.LR_FACTOR = 1.0
     # Run the cells in channels-last memory layout; the outputs are then channels-last
     # tensors (same values). Several times faster depthwise convs and pools on CPU.
-    cfg.MODEL.BIFPN.CHANNELS_LAST = True
+    cfg.MODEL.BIFPN.CHANNELS_LAST = _CELL.channels_last  # True
     # Earlier names, kept so that a config still setting them gets an error naming the new
     # key: FUSION (now FUSE_TYPE) and FUSION_EPS (now MODEL.FPN.FUSION_EPS, both necks).
     cfg.MODEL.BIFPN.FUSION = ""
@@ -152,14 +163,3 @@ def add_bifpn_config(cfg: CN) -> CN:
     return cfg
 
 
-def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
-    """Raise ``ValueError`` naming the config ``key`` if ``value`` is not ``allowed``."""
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not valid; allowed values: {allowed}")
-
-
-def check_positive(key: str, value: int) -> None:
-    """Raise ``ValueError`` naming the config ``key`` unless ``value`` is an integer >= 1."""
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r} is not valid; it must be an integer >= 1")

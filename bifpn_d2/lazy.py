@@ -18,14 +18,17 @@ Top blocks (the levels above the last input):
 - :func:`use_weighted_fpn` keeps Detectron2's ``LastLevelMaxPool`` / ``LastLevelP6P7`` as
   they are (our FPN runs them as Detectron2's does, from ``res5`` or from ``p5`` as FCOS):
   with ``fuse_type="sum"`` the parameter names are Detectron2's and its checkpoints load.
-- :func:`use_bifpn` replaces them by the BiFPN's own top block (1x1 conv + norm +
-  max-pool, EfficientDet's) over the *last bottom-up level*, making as many levels (P6 for
-  ``LastLevelMaxPool``, P6-P7 for ``LastLevelP6P7``). Its cells start from all levels at
-  once, so the extra levels cannot be read from the pyramid's own ``p5``: FCOS's
-  P6/P7-from-P5 become P6/P7 from ``res5`` too.
+- :func:`use_bifpn` replaces them by the BiFPN's own top block over the *last bottom-up
+  level* (``top_block_type``: ``"p6p7_c5"``, strided 3x3 convs, the default of
+  ``MODEL.BIFPN.TOP_BLOCK``; or ``"efficientdet"``, 1x1 conv + norm + max-pools), making
+  as many levels (P6 for ``LastLevelMaxPool``, P6-P7 for ``LastLevelP6P7``). Its cells
+  start from all levels at once, so the extra levels cannot be read from the pyramid's own
+  ``p5``: FCOS's P6/P7-from-P5 become P6/P7 from ``res5`` too.
 """
-from typing import Any, Dict, Sequence
+from dataclasses import asdict
+from typing import Any, Sequence
 
+from detectron2.config import LazyCall as L
 from detectron2.config import get_cfg
 from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
@@ -33,9 +36,13 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig
 
 from .config import add_bifpn_config
-from .modeling import BiFPN, ConvP6P7TopBlock, MaxPoolTopBlock, WeightedFPN
+from .layers import LayerStyle
+from .layers.checks import check_choice
+from .modeling import BiFPN, CellOptions, ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock, WeightedFPN
+from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
+from .modeling.builders import BIFPN_TOP_BLOCKS as LAZY_TOP_BLOCKS
 from .modeling.builders import bifpn_options
-from .modeling.pyramid_graph import pyramid_levels
+from .modeling.pyramid_cell import DEFAULT_CELL
 
 __all__ = ["bifpn_backbone", "use_bifpn", "use_weighted_fpn"]
 
@@ -45,23 +52,31 @@ _TOP_BLOCK_LEVELS = {LastLevelMaxPool: 1, MaxPoolTopBlock: 1, LastLevelP6P7: 2, 
 _FPN_ONLY = ("square_pad",)
 
 
-def bifpn_backbone(bottom_up: Backbone, in_features: Sequence[str], out_channels: int, extra_levels: int,
-                   top_block_type: str = "p6p7_c5", **options: Any) -> BiFPN:
+def bifpn_backbone(
+    bottom_up: Backbone,
+    in_features: Sequence[str],
+    out_channels: int,
+    extra_levels: int,
+    top_block_type: str = "p6p7_c5",
+    num_cells: int = DEFAULT_NUM_CELLS,
+    cell: CellOptions = DEFAULT_CELL,
+    style: LayerStyle = BIFPN_STYLE,
+) -> BiFPN:
     """A :class:`BiFPN` over ``in_features`` of ``bottom_up`` with ``extra_levels`` levels
     above the last of them, made as ``MODEL.BIFPN.TOP_BLOCK`` says (``top_block_type``:
     ``"p6p7_c5"``, strided convs from the last input, up to 2 levels; ``"efficientdet"``,
-    max-pools): the target :func:`use_bifpn` gives ``model.backbone``, since the last input
-    level is known only once the bottom-up network is built. ``options``: the other
-    :class:`BiFPN` arguments."""
-    last = pyramid_levels(bottom_up, in_features)[-1]
-    top_block = None  # BiFPN's default: EfficientDet's
-    if top_block_type == "p6p7_c5" and extra_levels > 0:
+    1x1 conv + max-pools): the target :func:`use_bifpn` gives ``model.backbone``, since
+    the last input level is known only once the bottom-up network is built. ``num_cells``,
+    ``cell`` and ``style``: as :class:`BiFPN`'s."""
+    check_choice("top_block_type", top_block_type, LAZY_TOP_BLOCKS)
+    top_block = None
+    if extra_levels > 0:
         channels = bottom_up.output_shape()[in_features[-1]].channels
-        top_block = ConvP6P7TopBlock(channels, out_channels, in_features[-1], extra_levels)
-    elif top_block_type != "efficientdet":
-        raise ValueError(f"top_block_type={top_block_type!r} is not one of ['p6p7_c5', 'efficientdet']")
-    return BiFPN(bottom_up, in_features, out_channels, max_level=last + extra_levels, top_block=top_block,
-                 **options)
+        if top_block_type == "p6p7_c5":
+            top_block = ConvP6P7TopBlock(channels, out_channels, in_features[-1], extra_levels)
+        else:
+            top_block = EfficientDetTopBlock(channels, out_channels, extra_levels, in_features[-1], style)
+    return BiFPN(bottom_up, list(in_features), out_channels, num_cells, top_block, cell, style)
 
 
 def _target(node: DictConfig) -> Any:
@@ -100,34 +115,41 @@ def _extra_levels(backbone: DictConfig) -> int:
     return _TOP_BLOCK_LEVELS[target]
 
 
-def _default_bifpn_options() -> Dict[str, Any]:
-    """The defaults of ``add_bifpn_config``'s ``MODEL.BIFPN`` keys, as BiFPN arguments: a
-    LazyConfig model gets the BiFPN a YAML config gets from ``MODEL.BACKBONE.NAME``."""
-    cfg = add_bifpn_config(get_cfg())
-    return {**bifpn_options(cfg), "top_block_type": cfg.MODEL.BIFPN.TOP_BLOCK}
-
-
 def use_bifpn(model: DictConfig, **options: Any) -> DictConfig:
     """Make ``model.backbone`` (a LazyCall of Detectron2's FPN) our BiFPN, in place.
 
     Keeps ``bottom_up``, ``in_features`` and ``out_channels``; the levels above the last
     input are as many as the FPN's top block made (see the module docstring); the FPN's
-    ``norm`` gives way to the BiFPN's.
+    ``norm`` gives way to the BiFPN's. The cell options and the layer style become LazyCall
+    nodes of their own, so that overrides read ``model.backbone.cell.fusion=softmax`` or
+    ``model.backbone.style.norm=SyncBN``.
 
     Args:
         model: a LazyConfig model (``cfg.model``) with a ``backbone`` FPN node.
-        options: :class:`BiFPN` arguments (``num_cells``, ``norm``, ``fusion``, ...); the
+        options: ``num_cells``, ``top_block_type``, or any field of :class:`CellOptions`
+            (``fusion``, ``residual``, ...) or of :class:`LayerStyle` (``norm``, ...); the
             others take the defaults of the ``MODEL.BIFPN`` keys (:mod:`bifpn_d2.config`).
     Returns:
         ``model``, changed.
     """
+    cfg = add_bifpn_config(get_cfg())
+    defaults = bifpn_options(cfg)
+    cell, style = asdict(defaults["cell"]), asdict(defaults["style"])
+    top = {"num_cells": defaults["num_cells"], "top_block_type": cfg.MODEL.BIFPN.TOP_BLOCK}
+    for name, value in options.items():
+        target = next((d for d in (top, cell, style) if name in d), None)
+        if target is None:
+            raise ValueError(f"use_bifpn: unknown option {name!r}; allowed: {sorted([*top, *cell, *style])}")
+        target[name] = value
     backbone = _pyramid_node(model, "use_bifpn")
     extra_levels = _extra_levels(backbone)
-    for key in ("top_block", "fuse_type"):  # what the BiFPN makes or names otherwise
+    for key in ("top_block", "fuse_type", "norm"):  # what the BiFPN makes or names otherwise
         backbone.pop(key, None)
     backbone._target_ = bifpn_backbone
     backbone.extra_levels = extra_levels
-    backbone.update({**_default_bifpn_options(), **options})
+    backbone.update(top)
+    backbone.cell = L(CellOptions)(**cell)
+    backbone.style = L(LayerStyle)(**style)
     return model
 
 

@@ -13,7 +13,7 @@ from detectron2.engine import AMPTrainer
 from detectron2.modeling import build_model
 
 from bifpn_d2.layers import WeightedFusion
-from bifpn_d2.modeling import BiFPN, MaxPoolTopBlock, WeightedFPN
+from bifpn_d2.modeling import BiFPN, CellOptions, ConvP6P7TopBlock, MaxPoolTopBlock, WeightedFPN
 
 LOW_PRECISION = [torch.bfloat16, torch.float16]
 
@@ -22,7 +22,8 @@ def _neck(kind: str, fusion: str) -> torch.nn.Module:
     """Our neck around a bottom-up of almost no compute (low-precision convs are slow on
     CPUs without bf16/fp16 instructions): BiFPN P3-P7 or FPN P2-P6."""
     if kind == "bifpn":
-        return BiFPN(TinyBottomUp(), ["res3", "res4", "res5"], 16, num_cells=2, max_level=7, fusion=fusion)
+        return BiFPN(TinyBottomUp(), ["res3", "res4", "res5"], 16, num_cells=2,
+                     top_block=ConvP6P7TopBlock(32, 16, "res5"), cell=CellOptions(fusion=fusion))
     return WeightedFPN(TinyBottomUp(), ["res2", "res3", "res4", "res5"], 16, top_block=MaxPoolTopBlock("p5"),
                        fuse_type=fusion)
 

@@ -69,7 +69,7 @@ def _set(cfg: CfgNode, key: str, value) -> None:
 # (builder, {key: bad value}, the key named in the error, what the error says is allowed)
 INVALID_CONFIGS = [
     (RETINA_BIFPN, {"MODEL.BIFPN.FUSE_TYPE": "fastest"}, "MODEL.BIFPN.FUSE_TYPE", "'fast_normalized'"),
-    (RETINA_BIFPN, {"MODEL.BIFPN.NORM": "LayerNorm"}, "MODEL.BIFPN.NORM", "'NaiveSyncBN'"),
+    (RETINA_BIFPN, {"MODEL.BIFPN.NORM": "LayerNorm"}, "MODEL.BIFPN.NORM", "'naiveSyncBN'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.GRAPH": "nasfpn"}, "MODEL.BIFPN.GRAPH", "'panet'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.ACTIVATION": "gelu"}, "MODEL.BIFPN.ACTIVATION", "'swish'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.TOP_BLOCK": "conv"}, "MODEL.BIFPN.TOP_BLOCK", "'p6p7_c5'"),
@@ -136,7 +136,7 @@ def test_bottom_up_without_the_in_features(neck):
     expected = r"\['res6'\] not produced .* produces \['res2', 'res3', 'res4', 'res5'\]"
     with pytest.raises(ValueError, match=expected):
         if neck is BiFPN:
-            BiFPN(TinyBottomUp(), ["res4", "res5", "res6"], 16, num_cells=1, max_level=7)
+            BiFPN(TinyBottomUp(), ["res4", "res5", "res6"], 16, num_cells=1)
         else:
             WeightedFPN(TinyBottomUp(), ["res4", "res5", "res6"], 16)
 
@@ -164,7 +164,7 @@ class _BrokenBottomUp(TinyBottomUp):
 def test_bottom_up_breaking_its_output_shape(neck):
     def build(fault):
         if neck is BiFPN:
-            return BiFPN(_BrokenBottomUp(fault), FEATURES, 16, num_cells=1, max_level=7).eval()
+            return BiFPN(_BrokenBottomUp(fault), FEATURES, 16, num_cells=1).eval()
         return WeightedFPN(_BrokenBottomUp(fault), FEATURES, 16).eval()
 
     x = torch.randn(1, 3, 64, 64)

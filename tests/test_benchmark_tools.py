@@ -28,7 +28,7 @@ from benchmarks import (
     subject_config,
     time_models,
 )
-from bifpn_d2 import BiFPN, FrozenChannelFusion, FrozenFusion, fold_for_inference
+from bifpn_d2 import BiFPN, EfficientNetBackbone, FrozenChannelFusion, FrozenFusion, fold_for_inference
 from bifpn_d2.engine.config import load_config
 from bifpn_d2.layers import WeightedFusion
 
@@ -144,6 +144,20 @@ def test_fold_for_inference_keeps_outputs(make_cfg, builder, overrides):
     assert any(isinstance(m, frozen) for m in folded.modules())
     assert not any(isinstance(m, WeightedFusion) and m.weight is not None for m in folded.modules())
     assert not any(p.requires_grad for p in folded.parameters())
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "tf_efficientnet_b2", "tf_efficientnet_lite0"])
+def test_fold_finds_every_norm_of_timm_efficientnets(name):
+    """timm's blocks are folded through its public layer types: no batch norm is left in
+    any block kind, and the outputs stay."""
+    model = randomise(EfficientNetBackbone(name, ["c3", "c4", "c5"])).eval()
+    folded = fold_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        expected, actual = model(x), folded(x)
+    for level in expected:
+        torch.testing.assert_close(actual[level], expected[level], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fuse_type", ["fast_normalized", "channel_softmax"])

@@ -1,14 +1,19 @@
 """Every BiFPN option builds and trains at an odd input size, over a toy bottom-up."""
+from dataclasses import fields
+
 import pytest
 import timm
 import torch
+from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-from bifpn_d2 import BiFPN, ConvP6P7TopBlock, EfficientNetBackbone
-from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS
-from bifpn_d2.modeling.bifpn import CONV_INITS
+from bifpn_d2 import BiFPN, CellOptions, ConvP6P7TopBlock, EfficientDetTopBlock, EfficientNetBackbone
+from bifpn_d2.config import add_bifpn_config
+from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS, LayerStyle
+from bifpn_d2.modeling.bifpn import BIFPN_STYLE, CONV_INITS
+from bifpn_d2.modeling.builders import bifpn_options
 
 
 class ToyBottomUp(Backbone):
@@ -30,9 +35,23 @@ class ToyBottomUp(Backbone):
         return {"c3": c3, "c4": c4, "c5": self.down5(c4)}
 
 
+CELL_FIELDS = {f.name for f in fields(CellOptions)}
+
+
+def _bifpn(max_level: int = 7, top_block=None, **options) -> BiFPN:
+    """A 2-cell, 16-channel BiFPN over the toy bottom-up; ``options`` are fields of
+    :class:`CellOptions` or :class:`LayerStyle` (BN unless given); the levels above c5 come
+    from EfficientDet's top block unless ``top_block`` is given."""
+    cell = CellOptions(**{k: v for k, v in options.items() if k in CELL_FIELDS})
+    style = LayerStyle(**{"norm": "BN", **{k: v for k, v in options.items() if k not in CELL_FIELDS}})
+    if top_block is None and max_level > 5:
+        top_block = EfficientDetTopBlock(24, 16, max_level - 5, "c5", style)
+    return BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 2, top_block, cell, style)
+
+
 def _train_step(**options):
     torch.manual_seed(0)
-    model = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], out_channels=16, num_cells=2, max_level=7, **options)
+    model = _bifpn(**options)
     outputs = model(torch.randn(2, 3, 201, 149))
     assert [tuple(o.shape[-2:]) for o in outputs.values()] == [(26, 19), (13, 10), (7, 5), (4, 3), (2, 2)]
     sum(o.square().mean() for o in outputs.values()).backward()
@@ -79,8 +98,9 @@ def test_residual_cells_start_as_the_identity():
     sizes with gradients everywhere, and compute the identity at initialisation."""
     model = _train_step(residual=True)
     assert [cell.residual for cell in model.cells] == [False, True]
+    assert [cell.residual for cell in _bifpn(residual=False).cells] == [False, False]
     features = [torch.randn(1, 16, 9, 7), torch.randn(1, 16, 5, 4), torch.randn(1, 16, 3, 2)]
-    plain = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], out_channels=16, num_cells=2, max_level=5, residual=True)
+    plain = _bifpn(max_level=5, residual=True)
     with torch.no_grad():
         outputs = plain.cells[1](features)
     assert all(torch.equal(a, b) for a, b in zip(outputs, features))
@@ -93,8 +113,7 @@ def test_residual_scale_starts_cells_with_that_much_change():
     changes = {}
     for scale in (0.1, 1.0):
         torch.manual_seed(0)
-        model = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], out_channels=16, num_cells=2, max_level=5,
-                      residual=True, residual_scale=scale).eval()
+        model = _bifpn(max_level=5, residual=True, residual_scale=scale).eval()
         with torch.no_grad():
             outputs = model.cells[1](features)
         changes[scale] = [o - f for o, f in zip(outputs, features)]
@@ -106,12 +125,23 @@ def test_residual_scale_starts_cells_with_that_much_change():
         assert small.abs().mean() < full.abs().mean() / 3
     _train_step(residual=True, residual_scale=0.5)
     with pytest.raises(ValueError, match="residual_scale=-1"):
-        BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 2, max_level=5, residual=True, residual_scale=-1)
+        _bifpn(max_level=5, residual=True, residual_scale=-1)
 
 
-def test_top_block_must_agree_with_max_level():
-    with pytest.raises(ValueError, match="max_level=6 disagrees with the top block, which ends at P7"):
-        BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 1, max_level=6, top_block=ConvP6P7TopBlock(24, 16, "c5"))
+def test_defaults_are_the_config_defaults():
+    """``BiFPN(...)`` without options builds the neck a config that only names the BiFPN
+    builder builds: the same cell options and layer style, read through the builder."""
+    model = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, top_block=ConvP6P7TopBlock(24, 16, "c5"))
+    options = bifpn_options(add_bifpn_config(get_cfg()))
+    assert options["cell"] == CellOptions() and options["style"] == BIFPN_STYLE
+    assert len(model.cells) == options["num_cells"] == 3
+    assert isinstance(model.cells[1].nodes[0].conv.norm, nn.GroupNorm) and model.cells[1].residual
+    assert model.channels_last
+
+
+def test_too_few_levels_without_a_top_block():
+    with pytest.raises(ValueError, match="at least 3 levels, got P4-P5 .*give a top_block"):
+        BiFPN(ToyBottomUp(), ["c4", "c5"], 16)
 
 
 def test_first_cell_projects_each_edge_separately():
@@ -133,3 +163,45 @@ def test_efficientnet_weights_load_from_local_file(tmp_path):
     backbone = EfficientNetBackbone("efficientnet_b0", weights=str(path))
     torch.testing.assert_close(backbone.body.conv_stem.weight, classifier.conv_stem.weight)
     assert backbone.output_shape()["c5"] == ShapeSpec(channels=320, stride=32)
+
+
+# (option, a value other than the helper's default, what that value must change)
+OPTION_EFFECTS = [
+    ("norm", "GN", "outputs"),
+    ("activation", "relu", "outputs"),
+    ("fusion", "sum", "outputs"),
+    ("fusion_eps", 0.5, "outputs"),
+    ("separable_conv", False, "outputs"),
+    ("graph", "panet", "outputs"),
+    ("conv_init", "c2_xavier", "outputs"),
+    ("residual", False, "outputs"),
+    ("residual_scale", 0.5, "outputs"),
+    ("same_padding", True, "outputs"),
+    ("bias_before_norm", True, "parameters"),
+    ("channels_last", False, "layout"),
+]
+
+
+@pytest.mark.parametrize("option, value, effect", OPTION_EFFECTS, ids=[o[0] for o in OPTION_EFFECTS])
+def test_each_option_changes_what_it_claims(option, value, effect):
+    """An option that the neck ignored would pass the shape and gradient checks above:
+    here the same seed and input with another value of the option must give other outputs
+    (or, for options that promise no change of values, the property they promise)."""
+    x = torch.randn(1, 3, 201, 149, generator=torch.Generator().manual_seed(3))
+    outputs, models = [], []
+    for options in ({}, {option: value}):
+        torch.manual_seed(0)
+        model = _bifpn(**{"residual": True, **options}).eval()
+        models.append(model)
+        with torch.no_grad():
+            outputs.append(list(model(x).values()))
+    if effect == "outputs":
+        assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(*outputs))
+    elif effect == "parameters":
+        sizes = [sum(p.numel() for p in m.cells.parameters()) for m in models]
+        assert sizes[1] > sizes[0]
+    else:
+        # the same values up to float rounding (other kernels), in the other memory layout
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(*outputs))
+        assert all(o.is_contiguous(memory_format=torch.channels_last) for o in outputs[0])
+        assert all(o.is_contiguous() for o in outputs[1])

@@ -294,7 +294,7 @@ def test_lazy_bifpn_takes_the_yaml_defaults_and_options():
     model_cfg = model_zoo.get_config("common/models/fcos.py").model
     use_bifpn(model_cfg, num_cells=2)
     yaml_defaults = bifpn_d2.add_bifpn_config(get_cfg()).MODEL.BIFPN
-    assert model_cfg.backbone.num_cells == 2 and model_cfg.backbone.norm == yaml_defaults.NORM
+    assert model_cfg.backbone.num_cells == 2 and model_cfg.backbone.style.norm == yaml_defaults.NORM
     assert model_cfg.backbone.extra_levels == 2  # FCOS's P6-P7 (from P5) become P6-P7 from res5
     backbone = instantiate(model_cfg.backbone)
     assert len(backbone.cells) == 2 and backbone.top_block.in_feature == "res5"

@@ -6,8 +6,9 @@ from conftest import small_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
 
-from bifpn_d2 import BiFPN, EfficientNetBackbone
+from bifpn_d2 import BiFPN, CellOptions, EfficientDetTopBlock, EfficientNetBackbone
 from bifpn_d2.convert import convert_effdet_state_dict
+from bifpn_d2.layers import LayerStyle
 from bifpn_d2.modeling.builders import (
     build_resnet_weighted_fpn_backbone,
     build_retinanet_resnet_weighted_fpn_backbone,
@@ -64,8 +65,10 @@ def test_bifpn_equals_effdet(effdet_name, same_padding, num_params):
     reference = effdet.create_model(effdet_name, pretrained=False, pretrained_backbone=False).eval()
     _randomize(reference)
     bottom_up = EfficientNetBackbone(effdet_name.replace("det_d0", "net_b0"), ["c3", "c4", "c5"])
-    ours = BiFPN(bottom_up, ["c3", "c4", "c5"], out_channels=64, num_cells=3, max_level=7,
-                 same_padding=same_padding, bias_before_norm=same_padding).eval()
+    style = LayerStyle("BN", same_padding=same_padding, bias_before_norm=same_padding)
+    top_block = EfficientDetTopBlock(320, 64, num_levels=2, in_feature="c5", style=style)  # P6, P7
+    ours = BiFPN(bottom_up, ["c3", "c4", "c5"], 64, num_cells=3, top_block=top_block,
+                 cell=CellOptions(residual=False), style=style).eval()
 
     state, unconverted = convert_effdet_state_dict(reference.state_dict(), ours)
     assert all(k.startswith(("class_net.", "box_net.")) for k in unconverted)

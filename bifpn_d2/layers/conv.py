@@ -19,6 +19,9 @@ class SeparableConvNorm(nn.Module):
     bias when the style asks for one (no norm, or ``bias_before_norm``).
     """
 
+    # (conv, the norm applied to its output) attribute pairs, for folding (modeling/fold.py)
+    conv_norm_pairs = (("conv", "norm"),)
+
     def __init__(self, channels: int, separable: bool = True, style: LayerStyle = LayerStyle()):
         super().__init__()
         self.norm: Optional[nn.Module] = style.make_norm(channels)

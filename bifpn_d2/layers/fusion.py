@@ -30,7 +30,9 @@ from typing import List
 import torch
 from torch import nn
 
-__all__ = ["CHANNEL_METHODS", "FUSION_METHODS", "WeightedFusion"]
+from .checks import check_choice
+
+__all__ = ["CHANNEL_METHODS", "FUSION_METHODS", "FrozenChannelFusion", "FrozenFusion", "WeightedFusion"]
 
 SCALAR_METHODS = ("sum", "avg", "weighted", "softmax", "fast_normalized")
 CHANNEL_METHODS = ("channel_fast_normalized", "channel_softmax")
@@ -51,8 +53,7 @@ class WeightedFusion(nn.Module):
             channels: ``C`` of the inputs; needed (> 0) by the channel-wise methods only.
         """
         super().__init__()
-        if method not in FUSION_METHODS:
-            raise ValueError(f"fusion method {method!r} is not one of {list(FUSION_METHODS)}")
+        check_choice("fusion", method, FUSION_METHODS)
         if num_inputs < 1:
             raise ValueError(f"a fusion needs at least one input, got num_inputs={num_inputs}")
         self.channel_wise = method in CHANNEL_METHODS
@@ -87,6 +88,17 @@ class WeightedFusion(nn.Module):
             return w / (w.sum(dim=0, keepdim=True) + self.eps)
         return weight
 
+    def frozen(self) -> nn.Module:
+        """The inference-time stand-in of a learnable fusion: a :class:`FrozenFusion` (or
+        :class:`FrozenChannelFusion`) holding the normalised weights as constants; ``self``
+        for ``sum`` and ``avg``, which learn nothing."""
+        if self.weight is None:
+            return self
+        weights = self.normalized_weights().detach()
+        if self.channel_wise:
+            return FrozenChannelFusion(weights)
+        return FrozenFusion(weights.tolist())
+
     def input_weights(self) -> torch.Tensor:
         """The factor of each input, shape ``(num_inputs,)`` in float32 (for channel-wise
         methods the mean over channels): what logs and plots show."""
@@ -119,3 +131,63 @@ class WeightedFusion(nn.Module):
     def extra_repr(self) -> str:
         channels = f", channels={self.weight.shape[1]}" if self.channel_wise else ""
         return f"num_inputs={self.num_inputs}, method={self.method}{channels}"
+
+
+class FrozenFusion(nn.Module):
+    """``sum_i weights[i] * inputs[i]`` with constant weights: an inference-time stand-in
+    for a :class:`WeightedFusion` whose normalised weights have been read out.
+
+    The output is always a new tensor (never one of the inputs), so the caller may
+    modify it in place.
+    """
+
+    weights: List[float]
+
+    def __init__(self, weights: List[float]):
+        """
+        Args:
+            weights: the factor of each input, e.g. ``fusion.normalized_weights().tolist()``.
+        """
+        super().__init__()
+        if not weights:
+            raise ValueError("FrozenFusion needs at least one weight")
+        self.weights = list(weights)
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """``inputs``: ``len(weights)`` tensors of shape ``(N, C, H, W)``."""
+        out = torch.mul(inputs[0], self.weights[0])
+        for i in range(1, len(inputs)):
+            out.add_(inputs[i], alpha=self.weights[i])
+        return out
+
+    def extra_repr(self) -> str:
+        return "weights=[" + ", ".join(f"{w:.4f}" for w in self.weights) + "]"
+
+
+class FrozenChannelFusion(nn.Module):
+    """``sum_i weight[i] * inputs[i]`` with a constant per-channel ``weight`` of shape
+    ``(num_inputs, 1, C, 1, 1)``: the inference-time stand-in for a channel-wise
+    :class:`WeightedFusion`. The output is always a new tensor."""
+
+    def __init__(self, weights: torch.Tensor):
+        """
+        Args:
+            weights: ``(num_inputs, C)``, e.g. ``fusion.normalized_weights()``.
+        """
+        super().__init__()
+        if weights.dim() != 2 or weights.shape[0] < 1:
+            raise ValueError(
+                f"FrozenChannelFusion needs weights of shape (num_inputs, C), got {tuple(weights.shape)}"
+            )
+        self.register_buffer("weight", weights.detach().clone()[:, None, :, None, None])
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        """``inputs``: ``num_inputs`` tensors of shape ``(N, C, H, W)``."""
+        weight = self.weight.to(inputs[0].dtype)
+        out = inputs[0] * weight[0]
+        for i in range(1, len(inputs)):
+            out = torch.addcmul(out, inputs[i], weight[i])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"num_inputs={self.weight.shape[0]}, channels={self.weight.shape[2]}"

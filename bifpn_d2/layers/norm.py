@@ -13,6 +13,8 @@ from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from detectron2.layers.batch_norm import LayerNorm
 from torch import nn
 
+from .checks import check_choice
+
 __all__ = ["ACTIVATIONS", "NORMS", "LayerStyle", "canonical_norm", "make_activation", "make_norm"]
 
 # Detectron2's names ("" = no normalization).
@@ -27,11 +29,10 @@ def canonical_norm(norm: str) -> str:
     """``norm`` in Detectron2's spelling (old aliases mapped).
 
     Raises:
-        ValueError: an unknown name; the message lists the allowed ones.
+        OptionError: an unknown name; the message lists the allowed ones.
     """
     norm = _ALIASES.get(norm, norm)
-    if norm not in NORMS:
-        raise ValueError(f"norm {norm!r} is not one of {list(NORMS)}")
+    check_choice("norm", norm, NORMS)
     return norm
 
 
@@ -102,8 +103,7 @@ class LayerStyle:
 def make_activation(name: str) -> nn.Module:
     """``swish``/``silu`` -> SiLU (x * sigmoid(x)), ``relu`` -> ReLU, ``relu6`` -> ReLU6
     (EfficientDet-Lite), ``none``/"" -> Identity."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is not one of {list(ACTIVATIONS)}")
+    check_choice("activation", name, ACTIVATIONS)
     if name in ("swish", "silu"):
         return nn.SiLU()
     if name == "relu":

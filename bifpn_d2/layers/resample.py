@@ -40,6 +40,9 @@ class ResampleToLevel(nn.Module):
     in :meth:`forward`.
     """
 
+    # (conv, the norm applied to its output) attribute pairs, for folding (modeling/fold.py)
+    conv_norm_pairs = (("conv", "norm"),)
+
     def __init__(
         self, in_channels: int, out_channels: int, level_step: int, style: LayerStyle = LayerStyle()
     ):

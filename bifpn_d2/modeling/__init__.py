@@ -9,12 +9,13 @@ from .efficientnet import EfficientNetBackbone
 from .fold import FrozenChannelFusion, FrozenFusion, fold_for_inference
 from .fpn import WeightedFPN
 from .pyramid_backbone import PyramidBackbone
-from .pyramid_cell import FusionNode, PyramidCell
+from .pyramid_cell import CellOptions, FusionNode, PyramidCell
 from .pyramid_graph import GRAPHS, PyramidNode, bifpn_nodes, build_graph, panet_nodes, pyramid_levels
 from .top_blocks import ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
 
 __all__ = [
     "BiFPN",
+    "CellOptions",
     "ConvP6P7TopBlock",
     "EFFICIENTDET_ANCHOR_SHAPES",
     "EfficientDet",

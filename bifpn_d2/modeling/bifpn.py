@@ -13,14 +13,20 @@ from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from ..layers import LayerStyle
+from ..layers.checks import check_choice, check_positive
 from .pyramid_backbone import PyramidBackbone
-from .pyramid_cell import PyramidCell
+from .pyramid_cell import DEFAULT_CELL, CellOptions, PyramidCell
 from .pyramid_graph import build_graph, pyramid_levels
-from .top_blocks import EfficientDetTopBlock
 
-__all__ = ["BiFPN", "CONV_INITS"]
+__all__ = ["BIFPN_STYLE", "BiFPN", "CONV_INITS", "DEFAULT_NUM_CELLS"]
 
 CONV_INITS = ("xavier_uniform", "c2_xavier")
+
+
+# The neck's layers when none are given: the defaults of MODEL.BIFPN.NORM and its siblings
+# (GN: independent of the batch size, which Detectron2's R-CNN configs keep small).
+BIFPN_STYLE = LayerStyle(norm="GN")
+DEFAULT_NUM_CELLS = 3  # MODEL.BIFPN.NUM_CELLS
 
 
 class BiFPN(PyramidBackbone):
@@ -28,10 +34,15 @@ class BiFPN(PyramidBackbone):
 
     Output ``p{l}`` for ``l`` in ``min_level..max_level`` has shape
     ``(N, out_channels, ceil(H / 2**l), ceil(W / 2**l))`` for an ``(N, 3, H, W)`` input of
-    any size. With ``channels_last`` (the default) the cells compute in channels-last
+    any size. With ``cell.channels_last`` (the default) the cells compute in channels-last
     memory layout and the outputs are channels-last tensors (same shapes and values;
     ``.contiguous()`` gives NCHW): depthwise convs, max-pools and resizes run several
     times faster that way on CPU, and convolutions that follow in a head keep it.
+
+    The defaults build what ``MODEL.BACKBONE.NAME`` alone builds from a Detectron2 config
+    (3 residual cells, GN) except the top block, which the caller chooses; EfficientDet's
+    neck is ``cell=CellOptions(residual=False)``, ``style=LayerStyle("BN")`` (or SyncBN) and
+    an :class:`EfficientDetTopBlock`.
     """
 
     def __init__(
@@ -39,24 +50,11 @@ class BiFPN(PyramidBackbone):
         bottom_up: Backbone,
         in_features: List[str],
         out_channels: int,
-        num_cells: int,
-        max_level: Optional[int] = None,
+        num_cells: int = DEFAULT_NUM_CELLS,
         top_block: Optional[nn.Module] = None,
-        graph: str = "bifpn",
-        fusion: str = "fast_normalized",
-        fusion_eps: float = 1e-4,
-        activation: str = "swish",
-        separable_conv: bool = True,
-        norm: str = "BN",
-        norm_eps: float = 1e-3,
-        norm_momentum: float = 0.01,
-        same_padding: bool = False,
-        bias_before_norm: bool = False,
+        cell: CellOptions = DEFAULT_CELL,
+        style: LayerStyle = BIFPN_STYLE,
         size_divisibility: Optional[int] = None,
-        conv_init: str = "xavier_uniform",
-        channels_last: bool = True,
-        residual: bool = False,
-        residual_scale: float = 0.0,
     ):
         """
         Args:
@@ -65,67 +63,38 @@ class BiFPN(PyramidBackbone):
                 strides (e.g. ``["res3", "res4", "res5"]``).
             out_channels: width W of every pyramid level.
             num_cells: how many times the cell is repeated (depth D).
-            max_level: the coarsest output level. Without ``top_block``, the levels above
-                the last input are made from it by an :class:`EfficientDetTopBlock`.
-            top_block: makes the levels above the last input instead (Detectron2's protocol:
+            top_block: makes the levels above the last input (Detectron2's protocol:
                 ``in_feature`` names a bottom-up output, ``num_levels`` how many levels it
-                adds, e.g. :class:`ConvP6P7TopBlock` from ``"res5"``); it must output
-                ``out_channels`` channels. ``max_level``, if given, must agree with it.
-            graph: ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
-            fusion, fusion_eps, activation, separable_conv: see :class:`PyramidCell`.
-            norm, norm_eps, norm_momentum, same_padding, bias_before_norm: the
-                :class:`~bifpn_d2.layers.LayerStyle` of every layer of the neck.
+                adds), with ``out_channels`` channels: e.g. :class:`ConvP6P7TopBlock` from
+                ``"res5"`` (RetinaNet's, learned) or :class:`EfficientDetTopBlock`
+                (1x1 conv + max-pools). None: the pyramid ends at the last input.
+            cell: how the cells fuse, convolve and initialise (see :class:`CellOptions`).
+            style: norms, conv biases and max-pool padding of every layer of the neck
+                (see :class:`~bifpn_d2.layers.LayerStyle`).
             size_divisibility: see :class:`PyramidBackbone` (None: the last input stride).
-            conv_init: initialisation of the cells' convs: ``"xavier_uniform"`` (Glorot
-                uniform, EfficientDet's) or ``"c2_xavier"`` (uniform with variance
-                1 / fan-in, Detectron2's FPN); biases are zero either way.
-            channels_last: compute the cells in channels-last memory layout (see above).
-            residual: every cell whose inputs all have ``out_channels`` channels (all but
-                the first, unless the inputs already have the width) adds its inputs to
-                its outputs and starts as the identity (its output norms' scales are
-                zero), so that depth does not slow training down (see :class:`PyramidCell`).
-            residual_scale: the initial scale of those norms (0: each residual cell starts
-                as the identity; see :class:`PyramidCell`).
         """
-        if num_cells < 1:
-            raise ValueError(f"num_cells={num_cells} must be >= 1")
-        if conv_init not in CONV_INITS:
-            raise ValueError(f"conv_init {conv_init!r} is not one of {list(CONV_INITS)}")
+        check_positive("num_cells", num_cells)
+        check_choice("conv_init", cell.conv_init, CONV_INITS)
         levels = pyramid_levels(bottom_up, in_features)
-        if top_block is not None:
-            implied = levels[-1] + top_block.num_levels
-            if max_level is not None and max_level != implied:
-                raise ValueError(
-                    f"max_level={max_level} disagrees with the top block, which ends at P{implied}"
-                )
-            max_level = implied
-        if max_level is None:
-            raise ValueError("give max_level or a top_block")
-        if max_level < levels[-1]:
-            raise ValueError(f"max_level={max_level} is below the last input level {levels[-1]}")
-        if max_level - levels[0] + 1 < 3:
-            raise ValueError(f"BiFPN needs at least 3 levels, got P{levels[0]}-P{max_level}")
-        num_extra = max_level - levels[-1]  # levels made by the top block
+        num_extra = top_block.num_levels if top_block is not None else 0  # levels made by the top block
+        if levels[-1] + num_extra - levels[0] + 1 < 3:
+            hint = "" if top_block is not None else " (give a top_block to add levels above the inputs)"
+            last = levels[-1] + num_extra
+            raise ValueError(f"BiFPN needs at least 3 levels, got P{levels[0]}-P{last}{hint}")
         super().__init__(bottom_up, in_features, out_channels, num_extra, size_divisibility)
-        style = LayerStyle(norm, norm_eps, norm_momentum, same_padding, bias_before_norm)
         in_shapes = bottom_up.output_shape()
         in_channels = [in_shapes[f].channels for f in in_features]
-        if top_block is None and num_extra > 0:
-            top_block = EfficientDetTopBlock(in_channels[-1], out_channels, num_extra, in_features[-1], style)
         self.check_top_block(top_block, list(in_shapes))
         self.top_block = top_block
         in_channels += [out_channels] * num_extra
 
-        nodes = build_graph(graph, self.min_level, self.max_level)
+        nodes = build_graph(cell.graph, self.min_level, self.max_level)
         self.cells = nn.ModuleList()
         for _ in range(num_cells):
-            self.cells.append(
-                PyramidCell(nodes, self.min_level, in_channels, out_channels, fusion, fusion_eps, activation,
-                            separable_conv, style, residual, residual_scale)
-            )
+            self.cells.append(PyramidCell(nodes, self.min_level, in_channels, out_channels, cell, style))
             in_channels = [out_channels] * len(in_channels)
-        self._init_weights(conv_init)
-        self.channels_last = channels_last
+        self._init_weights(cell.conv_init)
+        self.channels_last = cell.channels_last
 
     def _init_weights(self, conv_init: str) -> None:
         """Convs of the cells per ``conv_init``, with zero bias; norms and fusion weights

@@ -18,13 +18,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
 from torch import nn
 
-from ..config import check_choice, check_positive
-from ..layers import ACTIVATIONS, FUSION_METHODS, NORMS, LayerStyle
-from ..layers.norm import NORM_ALIASES
-from .bifpn import CONV_INITS, BiFPN
-from .efficientnet import EFFICIENTNET_NAMES, EFFICIENTNET_NORMS, FEATURE_NAMES, EfficientNetBackbone
+from ..layers import FUSION_METHODS, NORMS, LayerStyle
+from ..layers.checks import OptionError, check_choice, check_positive, naming_keys
+from .bifpn import BiFPN, CellOptions
+from .efficientnet import FEATURE_NAMES, EfficientNetBackbone
 from .fpn import WeightedFPN
-from .pyramid_graph import GRAPHS, pyramid_levels
+from .pyramid_graph import pyramid_levels
 from .top_blocks import TOP_BLOCKS, ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
 
 __all__ = [
@@ -53,6 +52,39 @@ FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5.
 BIFPN_TOP_BLOCKS = ("efficientdet", "p6p7_c5")
 
+# Where each BiFPN argument comes from: CellOptions / LayerStyle field -> config key. The
+# builder reads the keys through these tables, and names the key when a constructor
+# refuses a value (an OptionError naming the field).
+CELL_KEYS = {
+    "graph": "MODEL.BIFPN.GRAPH",
+    "fusion": "MODEL.BIFPN.FUSE_TYPE",
+    "fusion_eps": "MODEL.FPN.FUSION_EPS",
+    "activation": "MODEL.BIFPN.ACTIVATION",
+    "separable_conv": "MODEL.BIFPN.SEPARABLE_CONV",
+    "residual": "MODEL.BIFPN.RESIDUAL",
+    "residual_scale": "MODEL.BIFPN.RESIDUAL_SCALE",
+    "conv_init": "MODEL.BIFPN.CONV_INIT",
+    "channels_last": "MODEL.BIFPN.CHANNELS_LAST",
+}
+STYLE_KEYS = {
+    "norm": "MODEL.BIFPN.NORM",
+    "norm_eps": "MODEL.BIFPN.NORM_EPS",
+    "norm_momentum": "MODEL.BIFPN.NORM_MOMENTUM",
+    "same_padding": "MODEL.BIFPN.SAME_PADDING",
+    "bias_before_norm": "MODEL.BIFPN.BIAS_BEFORE_NORM",
+}
+_BIFPN_KEYS = {**CELL_KEYS, **STYLE_KEYS, "num_cells": "MODEL.BIFPN.NUM_CELLS"}
+_EFFICIENTNET_KEYS = {"model_name": "MODEL.EFFICIENTNET.NAME", "norm": "MODEL.EFFICIENTNET.NORM",
+                      "freeze_at": "MODEL.BACKBONE.FREEZE_AT"}
+
+
+def _read(cfg, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 
 @BACKBONE_REGISTRY.register()
 def build_efficientnet_backbone(cfg, input_shape: ShapeSpec) -> EfficientNetBackbone:
@@ -63,17 +95,17 @@ def build_efficientnet_backbone(cfg, input_shape: ShapeSpec) -> EfficientNetBack
 
 def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]) -> EfficientNetBackbone:
     ec = cfg.MODEL.EFFICIENTNET
-    check_choice("MODEL.EFFICIENTNET.NAME", ec.NAME, EFFICIENTNET_NAMES)
-    check_choice("MODEL.EFFICIENTNET.NORM", ec.NORM, EFFICIENTNET_NORMS)
-    check_choice("MODEL.BACKBONE.FREEZE_AT", cfg.MODEL.BACKBONE.FREEZE_AT, range(6))
     if input_shape.channels != 3:
         raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels} "
                          "(MODEL.PIXEL_MEAN)")
     if out_features is not None and not set(out_features) <= set(FEATURE_NAMES):
         out_features = None  # let the pyramid report what the bottom-up network produces
     try:
-        return EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
-                                    ec.DROP_PATH_RATE, ec.WEIGHTS)
+        with naming_keys(_EFFICIENTNET_KEYS):
+            return EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
+                                        ec.DROP_PATH_RATE, ec.WEIGHTS)
+    except OptionError:
+        raise
     except (OSError, ValueError) as e:
         if not ec.WEIGHTS:
             raise
@@ -148,34 +180,16 @@ def _default_max_level(cfg, levels: List[int], flavour: str) -> int:
 
 
 def bifpn_options(cfg) -> Dict[str, Any]:
-    """The :class:`BiFPN` keyword arguments that ``MODEL.BIFPN`` (and ``MODEL.FPN.FUSION_EPS``)
-    set, checked: everything but the bottom-up network, its features, the width, the levels
-    and the top block. The LazyConfig helpers take their defaults from here too."""
-    bc = cfg.MODEL.BIFPN
+    """The :class:`BiFPN` arguments that ``MODEL.BIFPN`` (and ``MODEL.FPN.FUSION_EPS``) set:
+    ``num_cells``, ``cell`` (:class:`CellOptions`) and ``style`` (:class:`LayerStyle`). The
+    LazyConfig helpers take their defaults from here too."""
     _check_renamed_keys(cfg)
-    check_positive("MODEL.BIFPN.NUM_CELLS", bc.NUM_CELLS)
-    check_choice("MODEL.BIFPN.GRAPH", bc.GRAPH, sorted(GRAPHS))
-    check_choice("MODEL.BIFPN.FUSE_TYPE", bc.FUSE_TYPE, FUSION_METHODS)
-    check_choice("MODEL.BIFPN.ACTIVATION", bc.ACTIVATION, ACTIVATIONS)
-    check_choice("MODEL.BIFPN.NORM", bc.NORM, NORMS + NORM_ALIASES)
-    check_choice("MODEL.BIFPN.CONV_INIT", bc.CONV_INIT, CONV_INITS)
-    return dict(
-        num_cells=bc.NUM_CELLS,
-        graph=bc.GRAPH,
-        fusion=bc.FUSE_TYPE,
-        fusion_eps=cfg.MODEL.FPN.FUSION_EPS,
-        activation=bc.ACTIVATION,
-        separable_conv=bc.SEPARABLE_CONV,
-        norm=bc.NORM,
-        norm_eps=bc.NORM_EPS,
-        norm_momentum=bc.NORM_MOMENTUM,
-        same_padding=bc.SAME_PADDING,
-        bias_before_norm=bc.BIAS_BEFORE_NORM,
-        conv_init=bc.CONV_INIT,
-        channels_last=bc.CHANNELS_LAST,
-        residual=bc.RESIDUAL,
-        residual_scale=bc.RESIDUAL_SCALE,
-    )
+    with naming_keys(_BIFPN_KEYS):
+        return dict(
+            num_cells=cfg.MODEL.BIFPN.NUM_CELLS,
+            cell=CellOptions(**{field: _read(cfg, key) for field, key in CELL_KEYS.items()}),
+            style=LayerStyle(**{field: _read(cfg, key) for field, key in STYLE_KEYS.items()}),
+        )
 
 
 def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
@@ -207,12 +221,12 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
     if bc.TOP_BLOCK == "p6p7_c5" and num_extra > 2:
         raise ValueError(f"MODEL.BIFPN.TOP_BLOCK='p6p7_c5' makes at most 2 levels above the last input, "
                          f"MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; use 'efficientdet' for more")
-    style = LayerStyle(bc.NORM, bc.NORM_EPS, bc.NORM_MOMENTUM, bc.SAME_PADDING, bc.BIAS_BEFORE_NORM)
     top_block = None
     if num_extra > 0:
-        top_block = _top_block(bc.TOP_BLOCK, cfg, bottom_up, levels, width, num_extra, style)
-    return BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, max_level=max_level, top_block=top_block,
-                 size_divisibility=size_divisibility, **options)
+        top_block = _top_block(bc.TOP_BLOCK, cfg, bottom_up, levels, width, num_extra, options["style"])
+    with naming_keys(_BIFPN_KEYS):
+        return BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, top_block=top_block,
+                     size_divisibility=size_divisibility, **options)
 
 
 def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> WeightedFPN:

@@ -46,11 +46,14 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
-from ..config import check_choice, check_positive
-from ..layers import ACTIVATIONS, NORMS
+from ..layers import LayerStyle
+from ..layers.checks import check_positive, naming_keys
 from .efficientdet_head import EfficientDetHead
 
 __all__ = ["EFFICIENTDET_ANCHOR_SHAPES", "EfficientDet", "EfficientDetAnchorGenerator", "sparse_focal_loss"]
+
+# The head's arguments that MODEL.EFFICIENTDET keys set, for errors that name the key.
+_HEAD_KEYS = {"norm": "MODEL.EFFICIENTDET.NORM", "activation": "MODEL.EFFICIENTDET.ACTIVATION"}
 
 # effdet's anchor shapes: (width, height) factors of the base size, scale-major order.
 EFFICIENTDET_ANCHOR_SHAPES = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
@@ -213,8 +216,8 @@ class EfficientDet(RetinaNet):
     def from_config(cls, cfg) -> Dict:
         ec = cfg.MODEL.EFFICIENTDET
         check_positive("MODEL.EFFICIENTDET.NUM_CLASSES", ec.NUM_CLASSES)
-        check_choice("MODEL.EFFICIENTDET.NORM", ec.NORM, NORMS)
-        check_choice("MODEL.EFFICIENTDET.ACTIVATION", ec.ACTIVATION, ACTIVATIONS)
+        with naming_keys(_HEAD_KEYS):
+            style = LayerStyle(ec.NORM, ec.NORM_EPS, ec.NORM_MOMENTUM, bias_before_norm=ec.BIAS_BEFORE_NORM)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         missing = [f for f in ec.IN_FEATURES if f not in shapes]
@@ -226,20 +229,18 @@ class EfficientDet(RetinaNet):
         if len(widths) != 1:
             raise ValueError(f"the head's levels {list(ec.IN_FEATURES)} must have equal channels: {widths}")
         anchor_generator = EfficientDetAnchorGenerator(cfg, feature_shapes)
-        head = EfficientDetHead(
-            in_channels=widths.pop(),
-            num_levels=len(feature_shapes),
-            num_anchors=anchor_generator.num_cell_anchors[0],
-            num_classes=ec.NUM_CLASSES,
-            num_repeats=ec.NUM_REPEATS,
-            separable=ec.SEPARABLE_CONV,
-            norm=ec.NORM,
-            norm_eps=ec.NORM_EPS,
-            norm_momentum=ec.NORM_MOMENTUM,
-            activation=ec.ACTIVATION,
-            bias_before_norm=ec.BIAS_BEFORE_NORM,
-            prior_prob=ec.PRIOR_PROB,
-        )
+        with naming_keys(_HEAD_KEYS):
+            head = EfficientDetHead(
+                in_channels=widths.pop(),
+                num_levels=len(feature_shapes),
+                num_anchors=anchor_generator.num_cell_anchors[0],
+                num_classes=ec.NUM_CLASSES,
+                num_repeats=ec.NUM_REPEATS,
+                separable=ec.SEPARABLE_CONV,
+                style=style,
+                activation=ec.ACTIVATION,
+                prior_prob=ec.PRIOR_PROB,
+            )
         return {
             "backbone": backbone,
             "head": head,

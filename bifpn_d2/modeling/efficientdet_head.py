@@ -108,11 +108,8 @@ class EfficientDetHead(nn.Module):
         num_classes: int,
         num_repeats: int,
         separable: bool = True,
-        norm: str = "BN",
-        norm_eps: float = 1e-3,
-        norm_momentum: float = 0.01,
+        style: LayerStyle = LayerStyle(),
         activation: str = "swish",
-        bias_before_norm: bool = False,
         prior_prob: float = 0.01,
     ):
         """
@@ -122,16 +119,14 @@ class EfficientDetHead(nn.Module):
             num_anchors: anchors per location (EfficientDet: 3 scales x 3 shapes = 9).
             num_classes: object classes (no background class).
             num_repeats: convs per net before the predictor (3, 3, 3, 4, 4, 4, 5, 5 for D0-D7).
-            separable, activation: see :class:`PredictionNet`.
-            norm, norm_eps, norm_momentum, bias_before_norm: its
-                :class:`~bifpn_d2.layers.LayerStyle`.
+            separable, style, activation: see :class:`PredictionNet` (the default style is
+                EfficientDet's BN, eps 1e-3, momentum 0.01).
             prior_prob: initial foreground probability of every logit (bias
                 ``-log((1 - p) / p)``).
         """
         super().__init__()
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob={prior_prob} must lie strictly between 0 and 1")
-        style = LayerStyle(norm, norm_eps, norm_momentum, bias_before_norm=bias_before_norm)
         common = dict(channels=in_channels, num_levels=num_levels, num_repeats=num_repeats,
                       separable=separable, style=style, activation=activation)
         self.num_classes = num_classes

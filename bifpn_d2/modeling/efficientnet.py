@@ -14,6 +14,7 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import nn
 
 from ..checkpoint import timm_pretrained_kwargs, unreadable
+from ..layers.checks import check_choice
 
 __all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "FEATURE_NAMES", "EfficientNetBackbone"]
 
@@ -54,18 +55,15 @@ class EfficientNetBackbone(Backbone):
                 the random init. Nothing is downloaded.
         """
         super().__init__()
-        if model_name not in EFFICIENTNET_NAMES:
-            raise ValueError(f"model_name {model_name!r} is not one of {list(EFFICIENTNET_NAMES)}")
-        if norm not in EFFICIENTNET_NORMS:
-            raise ValueError(f"norm {norm!r} is not one of {list(EFFICIENTNET_NORMS)}")
+        check_choice("model_name", model_name, EFFICIENTNET_NAMES)
+        check_choice("norm", norm, EFFICIENTNET_NORMS)
         out_features = list(out_features) if out_features is not None else list(FEATURE_NAMES)
         unknown = [f for f in out_features if f not in FEATURE_NAMES]
         if unknown or not out_features:
             raise ValueError(f"out_features {out_features} must be among the outputs {list(FEATURE_NAMES)} "
                              f"of {model_name}")
         out_features = sorted(set(out_features), key=FEATURE_NAMES.index)
-        if freeze_at < 0 or freeze_at > len(FEATURE_NAMES):
-            raise ValueError(f"freeze_at={freeze_at} must be within 0..{len(FEATURE_NAMES)}")
+        check_choice("freeze_at", freeze_at, range(len(FEATURE_NAMES) + 1))
         out_indices = [FEATURE_NAMES.index(f) for f in out_features]
         body = _create_body(model_name, out_indices, drop_path_rate, weights)
         stages = body.feature_info.info  # every stage, whether returned or not

@@ -4,20 +4,22 @@
 neck) in which
 
 - every batch norm that follows a convolution is folded into that convolution's weight
-  and bias, so it costs nothing at run time: in :class:`ResampleToLevel` and
-  :class:`SeparableConvNorm` (our necks), Detectron2's ``Conv2d(..., norm=...)`` (ResNet,
-  FPN with a norm), ``nn.Sequential`` containers (a ``Conv2d`` directly followed by a
-  norm, as in heads) and timm's EfficientNet blocks (whose ``BatchNormAct2d`` leaves only
-  its activation behind). Folded: ``BatchNorm2d``, ``SyncBatchNorm``,
-  ``NaiveSyncBatchNorm`` (all with running statistics), ``FrozenBatchNorm2d`` and timm's
-  norm-act variants of them;
-- every learnable :class:`WeightedFusion` of a :class:`FusionNode` or a
-  :class:`WeightedFPN` becomes a :class:`FrozenFusion` holding its normalised weights as
-  Python floats (no ReLU/softmax/division and no tensor indexing per call) that
-  accumulates in place; a channel-wise one becomes a :class:`FrozenChannelFusion`
-  holding its normalised ``(num_inputs, channels)`` weights as a buffer;
-- the activation after such a fusion in a :class:`FusionNode` runs in place on the
-  fused map, which nothing else references.
+  and bias, so it costs nothing at run time. Which norm follows which conv is known
+  - by our own layers, which list their ``conv_norm_pairs`` (:class:`ResampleToLevel`,
+    :class:`SeparableConvNorm`);
+  - for Detectron2's ``Conv2d(..., norm=...)`` (ResNet, FPN with a norm), whose norm
+    belongs to the conv;
+  - in ``nn.Sequential`` containers: a plain conv directly followed by a norm (heads);
+  - in timm's modules (EfficientNet and its blocks), which register each conv right
+    before the norm applied to its output: a conv child directly followed by a batch
+    norm child over its output channels (timm's ``BatchNormAct2d`` then leaves only its
+    activation behind). This reads timm's public layer types only.
+  Folded: ``BatchNorm2d``, ``SyncBatchNorm``, ``NaiveSyncBatchNorm`` (all with running
+  statistics), ``FrozenBatchNorm2d`` and timm's norm-act variants of them;
+- every module with a ``freeze_for_inference_`` method runs it: a :class:`FusionNode`
+  or a :class:`WeightedFPN` replaces its learnable fusions by constant ones
+  (:meth:`WeightedFusion.frozen`), and the activation after such a fusion then runs in
+  place.
 
 Outputs equal the original's up to float rounding (about 1e-6 relative). Group norm,
 batch norms without running statistics and norms not preceded by a convolution stay as
@@ -25,20 +27,16 @@ they are. The copy is in eval mode with gradients off; the original is not modif
 """
 
 import copy
-from typing import Dict, List, Set, Tuple, Type
+from typing import Iterator, Set, Tuple
 
 import torch
 from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
-from timm.models._efficientnet_blocks import ConvBnAct, DepthwiseSeparableConv, EdgeResidual, InvertedResidual
-from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ..layers import ResampleToLevel, SeparableConvNorm, WeightedFusion
-from .fpn import WeightedFPN
-from .pyramid_cell import FusionNode
+from ..layers import FrozenChannelFusion, FrozenFusion
 
 __all__ = ["FrozenChannelFusion", "FrozenFusion", "fold_for_inference"]
 
@@ -46,77 +44,6 @@ __all__ = ["FrozenChannelFusion", "FrozenFusion", "fold_for_inference"]
 # behind, and timm's norm + activation layers, which leave their dropout and activation.
 _PLAIN_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, NaiveSyncBatchNorm, FrozenBatchNorm2d)
 _NORM_ACTS = (BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct)
-
-# timm EfficientNet building blocks, by type (a renamed class fails loudly at import):
-# (conv, the norm right after it) attribute pairs.
-_TIMM_CONV_NORMS: Dict[Type[nn.Module], Tuple[Tuple[str, str], ...]] = {
-    EfficientNet: (("conv_stem", "bn1"),),
-    EfficientNetFeatures: (("conv_stem", "bn1"),),
-    ConvBnAct: (("conv", "bn1"),),
-    DepthwiseSeparableConv: (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
-    InvertedResidual: (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
-    EdgeResidual: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
-}
-
-
-class FrozenFusion(nn.Module):
-    """``sum_i weights[i] * inputs[i]`` with constant weights: an inference-time stand-in
-    for a :class:`WeightedFusion` whose normalised weights have been read out.
-
-    The output is always a new tensor (never one of the inputs), so the caller may
-    modify it in place.
-    """
-
-    weights: List[float]
-
-    def __init__(self, weights: List[float]):
-        """
-        Args:
-            weights: the factor of each input, e.g. ``fusion.normalized_weights().tolist()``.
-        """
-        super().__init__()
-        if not weights:
-            raise ValueError("FrozenFusion needs at least one weight")
-        self.weights = list(weights)
-
-    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
-        """``inputs``: ``len(weights)`` tensors of shape ``(N, C, H, W)``."""
-        out = torch.mul(inputs[0], self.weights[0])
-        for i in range(1, len(inputs)):
-            out.add_(inputs[i], alpha=self.weights[i])
-        return out
-
-    def extra_repr(self) -> str:
-        return "weights=[" + ", ".join(f"{w:.4f}" for w in self.weights) + "]"
-
-
-class FrozenChannelFusion(nn.Module):
-    """``sum_i weight[i] * inputs[i]`` with a constant per-channel ``weight`` of shape
-    ``(num_inputs, 1, C, 1, 1)``: the inference-time stand-in for a channel-wise
-    :class:`WeightedFusion`. The output is always a new tensor."""
-
-    def __init__(self, weights: torch.Tensor):
-        """
-        Args:
-            weights: ``(num_inputs, C)``, e.g. ``fusion.normalized_weights()``.
-        """
-        super().__init__()
-        if weights.dim() != 2 or weights.shape[0] < 1:
-            raise ValueError(
-                f"FrozenChannelFusion needs weights of shape (num_inputs, C), got {tuple(weights.shape)}"
-            )
-        self.register_buffer("weight", weights.detach().clone()[:, None, :, None, None])
-
-    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
-        """``inputs``: ``num_inputs`` tensors of shape ``(N, C, H, W)``."""
-        weight = self.weight.to(inputs[0].dtype)
-        out = inputs[0] * weight[0]
-        for i in range(1, len(inputs)):
-            out = torch.addcmul(out, inputs[i], weight[i])
-        return out
-
-    def extra_repr(self) -> str:
-        return f"num_inputs={self.weight.shape[0]}, channels={self.weight.shape[2]}"
 
 
 def _has_statistics(norm: nn.Module) -> bool:
@@ -147,25 +74,35 @@ def _is_plain_conv(module: nn.Module) -> bool:
     return type(module) is nn.Conv2d
 
 
-def _after_norm(norm_act: nn.Module) -> nn.Module:
-    """What a timm norm-act layer does after normalising: dropout (identity in eval),
-    then its activation."""
-    rest = [m for m in (getattr(norm_act, "drop", None), getattr(norm_act, "act", None)) if m is not None]
+def _after_norm(norm: nn.Module) -> nn.Module:
+    """What is left of a folded norm: nothing (``nn.Identity``) for a plain one; for a timm
+    norm-act layer, what it does after normalising: dropout (identity in eval), then its
+    activation."""
+    rest = [m for m in (getattr(norm, "drop", None), getattr(norm, "act", None)) if m is not None]
     rest = [m for m in rest if not isinstance(m, nn.Identity)]
     if not rest:
         return nn.Identity()
     return rest[0] if len(rest) == 1 else nn.Sequential(*rest)
 
 
-def _freeze_fusion(fusion: nn.Module) -> nn.Module:
-    """A :class:`FrozenFusion` (or :class:`FrozenChannelFusion`) for a learnable
-    :class:`WeightedFusion`, else ``fusion``."""
-    if isinstance(fusion, WeightedFusion) and fusion.weight is not None:
-        weights = fusion.normalized_weights().detach()
-        if fusion.channel_wise:
-            return FrozenChannelFusion(weights)
-        return FrozenFusion(weights.tolist())
-    return fusion
+def _timm_conv_norm_pairs(module: nn.Module) -> Iterator[Tuple[str, str]]:
+    """(conv, norm) child names of a timm module: each conv child directly followed, in
+    registration order, by a batch norm child over its output channels."""
+    children = list(module.named_children())
+    for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+        if (isinstance(conv, nn.Conv2d) and type(norm) in _PLAIN_NORMS + _NORM_ACTS
+                and norm.num_features == conv.out_channels):
+            yield conv_name, norm_name
+
+
+def _conv_norm_pairs(module: nn.Module) -> Iterator[Tuple[str, str]]:
+    """The (conv, norm) attribute pairs of ``module`` that can fold (see the module
+    docstring); a folded norm's attribute is then replaced (None for our layers, whose
+    forward skips a missing norm)."""
+    if hasattr(module, "conv_norm_pairs"):
+        yield from module.conv_norm_pairs
+    elif type(module).__module__.startswith("timm."):
+        yield from _timm_conv_norm_pairs(module)
 
 
 def fold_for_inference(model: nn.Module) -> nn.Module:
@@ -181,31 +118,19 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     folded = copy.deepcopy(model).eval()
     done: Set[int] = set()
     for module in list(folded.modules()):
-        if isinstance(module, (ResampleToLevel, SeparableConvNorm, D2Conv2d)):
-            if module.norm is not None and type(module.norm) in _PLAIN_NORMS:
-                conv = module if isinstance(module, D2Conv2d) else module.conv
-                if conv is not None and _fold_into(conv, module.norm, done):
-                    module.norm = None
+        ours = hasattr(module, "conv_norm_pairs")
+        for conv_name, norm_name in list(_conv_norm_pairs(module)):
+            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+            if conv is not None and norm is not None and _fold_into(conv, norm, done):
+                setattr(module, norm_name, None if ours else _after_norm(norm))
+        if isinstance(module, D2Conv2d) and module.norm is not None and _fold_into(module, module.norm, done):
+            module.norm = None
         if isinstance(module, nn.Sequential):
             for index in range(len(module) - 1):
                 conv, norm = module[index], module[index + 1]
                 if _is_plain_conv(conv) and type(norm) in _PLAIN_NORMS and _fold_into(conv, norm, done):
                     module[index + 1] = nn.Identity()
-        for conv_name, norm_name in _TIMM_CONV_NORMS.get(type(module), ()):
-            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
-            if conv is not None and norm is not None and _fold_into(conv, norm, done):
-                setattr(module, norm_name, _after_norm(norm) if type(norm) in _NORM_ACTS else nn.Identity())
-        if isinstance(module, FusionNode):
-            module.fusion = _freeze_fusion(module.fusion)
-            frozen = isinstance(module.fusion, (FrozenFusion, FrozenChannelFusion))
-            if frozen and isinstance(module.act, (nn.SiLU, nn.ReLU, nn.ReLU6)):
-                module.act.inplace = True
-        elif isinstance(module, WeightedFPN):
-            # The fusions are both named children (fpn_fusion<level>) and list entries.
-            frozen = {id(f): _freeze_fusion(f) for f in module.fusions}
-            for name, child in list(module.named_children()):
-                if id(child) in frozen:
-                    setattr(module, name, frozen[id(child)])
-            module.fusions = [frozen[id(f)] for f in module.fusions]
+        if hasattr(module, "freeze_for_inference_"):
+            module.freeze_for_inference_()
     folded.requires_grad_(False)
     return folded

@@ -91,6 +91,16 @@ class WeightedFPN(PyramidBackbone):
         self.top_block = top_block
         self.fuse_type = fuse_type
 
+    def freeze_for_inference_(self) -> None:
+        """Replace each learnable fusion by its frozen stand-in (see
+        :meth:`WeightedFusion.frozen`), under both of its names (``fpn_fusion<level>``
+        and the entry of ``fusions``)."""
+        frozen = {id(f): f.frozen() for f in self.fusions}
+        for name, child in list(self.named_children()):
+            if id(child) in frozen:
+                setattr(self, name, frozen[id(child)])
+        self.fusions = [frozen[id(f)] for f in self.fusions]
+
     def __prepare_scriptable__(self) -> "WeightedFPN":
         """TorchScript cannot iterate plain lists of modules: script a copy that holds
         them in ModuleLists instead of named attributes (same weights, same outputs)."""

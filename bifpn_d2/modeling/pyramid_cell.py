@@ -1,14 +1,56 @@
 """Run one pyramid cell (a :mod:`pyramid_graph` spec) over a list of feature maps."""
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import List
 
 import torch
 from torch import nn
 
 from ..layers import LayerStyle, ResampleToLevel, SeparableConvNorm, WeightedFusion, make_activation
+from ..layers.checks import OptionError
 from .pyramid_graph import PyramidNode, output_node_ids
 
-__all__ = ["PyramidCell", "FusionNode"]
+__all__ = ["DEFAULT_CELL", "CellOptions", "FusionNode", "PyramidCell"]
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """How every cell of a BiFPN is made: one value passed from the neck to its cells and
+    nodes. The defaults are those of the ``MODEL.BIFPN`` config keys (the neck study's
+    recipe); EfficientDet's cells are ``CellOptions(residual=False)``.
+
+    Attributes:
+        graph: the node spec of a cell, ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
+        fusion, fusion_eps: how each node fuses its inputs (see :class:`WeightedFusion`).
+        activation: after each fusion, before the conv (see :func:`make_activation`).
+        separable_conv: depthwise-separable (True) or dense 3x3 conv after each fusion.
+        residual: each cell whose inputs all have the neck's width adds them to its
+            outputs at their levels (an identity path through the cell); a cell whose
+            inputs have other widths (the first, over a ResNet) stays plain.
+        residual_scale: the initial scale of the norm that ends each output node of a
+            residual cell: 0 starts the cell as the identity; > 0 as
+            ``input + residual_scale * normalised change``.
+        conv_init: initialisation of the cells' convs, ``"xavier_uniform"`` (Glorot
+            uniform, EfficientDet's) or ``"c2_xavier"`` (uniform with variance 1 / fan-in,
+            Detectron2's FPN); biases are zero either way.
+        channels_last: the neck computes its cells in channels-last memory layout (see
+            :class:`BiFPN`).
+
+    The modules that use a field check it (an :class:`OptionError` naming the field).
+    """
+
+    graph: str = "bifpn"
+    fusion: str = "fast_normalized"
+    fusion_eps: float = 1e-4
+    activation: str = "swish"
+    separable_conv: bool = True
+    residual: bool = True
+    residual_scale: float = 0.0
+    conv_init: str = "xavier_uniform"
+    channels_last: bool = True
+
+
+DEFAULT_CELL = CellOptions()
 
 
 class FusionNode(nn.Module):
@@ -25,10 +67,7 @@ class FusionNode(nn.Module):
         level_steps: Sequence[int],
         level_index: int,
         out_channels: int,
-        fusion: str = "fast_normalized",
-        fusion_eps: float = 1e-4,
-        activation: str = "swish",
-        separable_conv: bool = True,
+        options: CellOptions = DEFAULT_CELL,
         style: LayerStyle = LayerStyle(),
     ):
         """
@@ -37,8 +76,9 @@ class FusionNode(nn.Module):
             input_channels, level_steps: each input's channels, and this node's level
                 minus the input's level.
             level_index: this node's level minus the cell's lowest level.
-            out_channels, fusion, fusion_eps, activation, separable_conv, style: see
-                :class:`PyramidCell`.
+            out_channels: channels of the node.
+            options: its fusion, activation and conv (see :class:`CellOptions`).
+            style: norms, conv biases and max-pool padding (see :class:`LayerStyle`).
         """
         super().__init__()
         self.input_ids: List[int] = list(input_ids)
@@ -47,9 +87,18 @@ class FusionNode(nn.Module):
             ResampleToLevel(in_ch, out_channels, step, style)
             for in_ch, step in zip(input_channels, level_steps)
         )
-        self.fusion = WeightedFusion(len(self.input_ids), fusion, fusion_eps, out_channels)
-        self.act = make_activation(activation)
-        self.conv = SeparableConvNorm(out_channels, separable_conv, style)
+        self.fusion = WeightedFusion(len(self.input_ids), options.fusion, options.fusion_eps, out_channels)
+        self.act = make_activation(options.activation)
+        self.conv = SeparableConvNorm(out_channels, options.separable_conv, style)
+
+    def freeze_for_inference_(self) -> None:
+        """Replace a learnable fusion by its frozen stand-in (see
+        :meth:`WeightedFusion.frozen`), whose output is a new tensor that nothing else
+        references, so that the activation after it may then run in place."""
+        if isinstance(self.fusion, WeightedFusion):
+            self.fusion = self.fusion.frozen()
+        if not isinstance(self.fusion, WeightedFusion) and isinstance(self.act, (nn.SiLU, nn.ReLU, nn.ReLU6)):
+            self.act.inplace = True
 
     def forward(self, nodes: List[torch.Tensor], sizes: List[List[int]]) -> torch.Tensor:
         """
@@ -81,13 +130,8 @@ class PyramidCell(nn.Module):
         min_level: int,
         in_channels: Sequence[int],
         out_channels: int,
-        fusion: str = "fast_normalized",
-        fusion_eps: float = 1e-4,
-        activation: str = "swish",
-        separable_conv: bool = True,
+        options: CellOptions = DEFAULT_CELL,
         style: LayerStyle = LayerStyle(),
-        residual: bool = False,
-        residual_scale: float = 0.0,
     ):
         """
         Args:
@@ -96,16 +140,9 @@ class PyramidCell(nn.Module):
             in_channels: channels of each input level; an edge whose source has other
                 than ``out_channels`` channels gets its own 1x1 conv + norm.
             out_channels: channels of every node.
-            fusion, fusion_eps: see :class:`WeightedFusion`.
-            activation: applied after fusion, before the conv (see :func:`make_activation`).
-            separable_conv: depthwise-separable (True) or dense 3x3 conv after fusion.
+            options: fusion, activation, conv and residual path (see :class:`CellOptions`;
+                ``graph``, ``conv_init`` and ``channels_last`` are the neck's to apply).
             style: norms, conv biases and max-pool padding (see :class:`LayerStyle`).
-            residual: add each input to the cell's output at its level (an identity
-                path through the cell), when every input already has ``out_channels``
-                channels; otherwise the cell stays plain.
-            residual_scale: the initial scale of the norm that ends each output node of
-                a residual cell: 0 (the default) starts the cell as the identity; > 0
-                starts it as ``input + residual_scale * normalised change``.
         """
         super().__init__()
         num_levels = len(in_channels)
@@ -123,10 +160,7 @@ class PyramidCell(nn.Module):
                     level_steps=[node.level - node_levels[i] for i in node.inputs],
                     level_index=node.level - min_level,
                     out_channels=out_channels,
-                    fusion=fusion,
-                    fusion_eps=fusion_eps,
-                    activation=activation,
-                    separable_conv=separable_conv,
+                    options=options,
                     style=style,
                 )
             )
@@ -136,11 +170,11 @@ class PyramidCell(nn.Module):
         unfused = [min_level + k for k, i in enumerate(self.output_ids) if node_channels[i] != out_channels]
         if unfused:
             raise ValueError(f"levels {unfused} have no fused node to bring them to {out_channels} channels")
-        if residual_scale < 0:
-            raise ValueError(f"residual_scale={residual_scale} must be >= 0")
-        self.residual = residual and all(c == out_channels for c in in_channels)
+        if options.residual_scale < 0:
+            raise OptionError("residual_scale", options.residual_scale, "it must be >= 0")
+        self.residual = options.residual and all(c == out_channels for c in in_channels)
         if self.residual:
-            self._scale_output_norms(residual_scale)
+            self._scale_output_norms(options.residual_scale)
 
     def _scale_output_norms(self, scale: float) -> None:
         """Set the scale of the norm that ends each output node to ``scale``: with 0 the

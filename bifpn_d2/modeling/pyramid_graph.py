@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
+from ..layers.checks import check_choice
+
 __all__ = [
     "GRAPHS",
     "PyramidNode",
@@ -75,8 +77,7 @@ GRAPHS = {"bifpn": bifpn_nodes, "panet": panet_nodes}
 
 def build_graph(name: str, min_level: int, max_level: int) -> List[PyramidNode]:
     """The node spec called ``name`` (one of :data:`GRAPHS`) over ``min_level..max_level``."""
-    if name not in GRAPHS:
-        raise ValueError(f"pyramid graph {name!r} is not one of {sorted(GRAPHS)}")
+    check_choice("graph", name, sorted(GRAPHS))
     if max_level - min_level < 1:
         raise ValueError(f"a pyramid cell needs at least 2 levels, got P{min_level}-P{max_level}")
     return GRAPHS[name](min_level, max_level)

@@ -4,7 +4,8 @@ EfficientDet's head (3 separable repeats) at 512 px; the LazyConfig twin of
 
 from detectron2.config import LazyCall as L
 
-from bifpn_d2 import BiFPN, EfficientNetBackbone
+from bifpn_d2 import BiFPN, CellOptions, EfficientDetTopBlock, EfficientNetBackbone
+from bifpn_d2.layers import LayerStyle
 
 from .common import coco_dataloader, efficientdet, schedule_1x, sgd, train_options
 
@@ -19,9 +20,12 @@ model = efficientdet(
         in_features="${.bottom_up.out_features}",
         out_channels=64,
         num_cells=3,
-        max_level=7,
-        fusion="fast_normalized",
-        norm="SyncBN",
+        # P6, P7: EfficientDet's 1x1 conv + max-pools over c5 (EfficientNet-B0: 320 channels)
+        top_block=L(EfficientDetTopBlock)(
+            in_channels=320, out_channels=64, num_levels=2, in_feature="c5", style="${..style}"
+        ),
+        cell=L(CellOptions)(fusion="fast_normalized", residual=False),  # EfficientDet's plain cells
+        style=L(LayerStyle)(norm="SyncBN"),
     ),
     num_repeats=3,
     head_norm="SyncBN",

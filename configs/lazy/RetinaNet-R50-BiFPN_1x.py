@@ -6,6 +6,7 @@ from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
 from bifpn_d2 import BiFPN, ConvP6P7TopBlock
+from bifpn_d2.layers import LayerStyle
 
 from .common import coco_dataloader, retinanet, schedule_1x, sgd, train_options
 
@@ -19,11 +20,9 @@ model = retinanet(
         ),
         in_features="${.bottom_up.out_features}",
         out_channels=160,
-        num_cells=6,
-        max_level=7,
+        num_cells=6,  # residual cells (BiFPN's default), the neck study's recipe, as the YAML twin
         top_block=L(ConvP6P7TopBlock)(in_channels=2048, out_channels=160, in_feature="res5"),  # P6, P7
-        residual=True,  # the neck study's recipe, as the YAML twin
-        norm="SyncBN",
+        style=L(LayerStyle)(norm="SyncBN"),
     ),
     num_convs=4,
 )

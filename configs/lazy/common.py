@@ -32,6 +32,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
 from bifpn_d2 import EfficientDet, EfficientDetAnchorGenerator, EfficientDetHead
+from bifpn_d2.layers import LayerStyle
 
 # Pixel statistics: MSRA ResNet weights take BGR in [0, 255] minus the mean; timm
 # EfficientNets take RGB normalised with the ImageNet mean and std.
@@ -109,7 +110,7 @@ def efficientdet(
             num_anchors=num_scales * 3,
             num_classes="${..num_classes}",
             num_repeats=num_repeats,
-            norm=head_norm,
+            style=L(LayerStyle)(norm=head_norm),
         ),
         head_in_features=[f"p{level}" for level in levels],
         anchor_generator=L(EfficientDetAnchorGenerator)(
