@@ -189,6 +189,8 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"FUSE_TYPE": "channel_fast_normalized"}),
     ("channel_softmax", "fusion", "the candidate with google/automl's channel-wise softmax fusion",
      {"FUSE_TYPE": "channel_softmax"}),
+    ("qufpn", "graph", "the candidate with effdet's QuFPN cells (four paths; more GFLOPs per cell)",
+     {"GRAPH": "qufpn"}),
     ("neck_lr2", "schedule", "the candidate with the neck's learning rate doubled (MODEL.BIFPN.LR_FACTOR 2)",
      {"LR_FACTOR": "2.0"}),
 ]

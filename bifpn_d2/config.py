@@ -51,7 +51,7 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Coarsest level; 0 = 6 for R-CNN builders, 7 for RetinaNet ones, and under the
     # SemanticSegmentor meta-architecture the last level SEM_SEG_HEAD.IN_FEATURES reads.
     cfg.MODEL.BIFPN.MAX_LEVEL = 0
-    cfg.MODEL.BIFPN.GRAPH = _CELL.graph  # "bifpn" | "panet"
+    cfg.MODEL.BIFPN.GRAPH = _CELL.graph  # "bifpn" | "panet" | "qufpn" (effdet's quad FPN)
     # The same key and values as MODEL.FPN.FUSE_TYPE: "fast_normalized" | "softmax" |
     # "weighted" | "sum" | "avg", or google/automl's channel-wise kinds (one weight per
     # channel per input): "channel_fast_normalized" | "channel_softmax".

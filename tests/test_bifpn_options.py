@@ -74,7 +74,7 @@ def test_fusions(fusion):
     _train_step(fusion=fusion)
 
 
-@pytest.mark.parametrize("graph", ["bifpn", "panet"])
+@pytest.mark.parametrize("graph", ["bifpn", "panet", "qufpn"])
 @pytest.mark.parametrize("separable_conv", [True, False])
 @pytest.mark.parametrize("same_padding", [True, False])
 def test_graphs_and_convs(graph, separable_conv, same_padding):
@@ -173,6 +173,7 @@ OPTION_EFFECTS = [
     ("fusion_eps", 0.5, "outputs"),
     ("separable_conv", False, "outputs"),
     ("graph", "panet", "outputs"),
+    ("graph", "qufpn", "outputs"),
     ("conv_init", "c2_xavier", "outputs"),
     ("residual", False, "outputs"),
     ("residual_scale", 0.5, "outputs"),
@@ -182,7 +183,8 @@ OPTION_EFFECTS = [
 ]
 
 
-@pytest.mark.parametrize("option, value, effect", OPTION_EFFECTS, ids=[o[0] for o in OPTION_EFFECTS])
+@pytest.mark.parametrize("option, value, effect", OPTION_EFFECTS,
+                         ids=[f"{o[0]}={o[1]}" for o in OPTION_EFFECTS])
 def test_each_option_changes_what_it_claims(option, value, effect):
     """An option that the neck ignored would pass the shape and gradient checks above:
     here the same seed and input with another value of the option must give other outputs

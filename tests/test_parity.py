@@ -57,18 +57,20 @@ def _randomize(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize(
-    "effdet_name, same_padding, num_params",
-    [("efficientdet_d0", False, 194_361), ("tf_efficientdet_d0", True, 196_281)],
+    "effdet_name, same_padding, graph, num_params",
+    [("efficientdet_d0", False, "bifpn", 194_361), ("tf_efficientdet_d0", True, "bifpn", 196_281),
+     ("efficientdet_q0", False, "qufpn", 442_832)],
 )
-def test_bifpn_equals_effdet(effdet_name, same_padding, num_params):
+def test_bifpn_equals_effdet(effdet_name, same_padding, graph, num_params):
     effdet = pytest.importorskip("effdet")
     reference = effdet.create_model(effdet_name, pretrained=False, pretrained_backbone=False).eval()
     _randomize(reference)
-    bottom_up = EfficientNetBackbone(effdet_name.replace("det_d0", "net_b0"), ["c3", "c4", "c5"])
+    bottom_up = EfficientNetBackbone(effdet_name.replace("det_d0", "net_b0").replace("det_q0", "net_b0"),
+                                     ["c3", "c4", "c5"])
     style = LayerStyle("BN", same_padding=same_padding, bias_before_norm=same_padding)
     top_block = EfficientDetTopBlock(320, 64, num_levels=2, in_feature="c5", style=style)  # P6, P7
     ours = BiFPN(bottom_up, ["c3", "c4", "c5"], 64, num_cells=3, top_block=top_block,
-                 cell=CellOptions(residual=False), style=style).eval()
+                 cell=CellOptions(graph=graph, residual=False), style=style).eval()
 
     state, unconverted = convert_effdet_state_dict(reference.state_dict(), ours)
     assert all(k.startswith(("class_net.", "box_net.")) for k in unconverted)

@@ -7,6 +7,7 @@ from bifpn_d2.modeling.pyramid_graph import (
     build_graph,
     output_node_ids,
     panet_nodes,
+    qufpn_nodes,
 )
 
 
@@ -24,7 +25,24 @@ def test_panet_has_no_same_level_skips():
         assert not any(i < 5 and i == node.level - 3 for i in node.inputs[1:]), node
 
 
-@pytest.mark.parametrize("graph", ["bifpn", "panet"])
+@pytest.mark.parametrize("min_level, max_level", [(3, 5), (2, 6), (3, 7), (3, 8)])
+def test_qufpn_equals_effdets(min_level, max_level):
+    """Node for node (level and input ids) effdet's qufpn_config, at several level ranges."""
+    fpn_config = pytest.importorskip("effdet.config.fpn_config")
+    expected = [PyramidNode(n["feat_level"], tuple(n["inputs_offsets"]))
+                for n in fpn_config.qufpn_config(min_level, max_level).nodes]
+    assert qufpn_nodes(min_level, max_level) == expected
+
+
+def test_qufpn_p3_p7_outputs_are_the_quad_nodes():
+    nodes = qufpn_nodes(3, 7)
+    assert len(nodes) == 21
+    assert output_node_ids(nodes, 3, 7) == [21, 22, 23, 24, 25]  # the last five: paths 2 + 4
+    with pytest.raises(ValueError, match="at least 3 levels"):
+        qufpn_nodes(3, 4)
+
+
+@pytest.mark.parametrize("graph", ["bifpn", "panet", "qufpn"])
 @pytest.mark.parametrize("min_level, max_level", [(2, 4), (2, 6), (3, 7), (2, 8)])
 def test_edges_join_adjacent_levels(graph, min_level, max_level):
     nodes = build_graph(graph, min_level, max_level)

@@ -20,7 +20,8 @@ class CellOptions:
     recipe); EfficientDet's cells are ``CellOptions(residual=False)``.
 
     Attributes:
-        graph: the node spec of a cell, ``"bifpn"`` or ``"panet"`` (see :mod:`pyramid_graph`).
+        graph: the node spec of a cell, ``"bifpn"``, ``"panet"`` or ``"qufpn"`` (see
+            :mod:`pyramid_graph`).
         fusion, fusion_eps: how each node fuses its inputs (see :class:`WeightedFusion`).
         activation: after each fusion, before the conv (see :func:`make_activation`).
         separable_conv: depthwise-separable (True) or dense 3x3 conv after each fusion.

@@ -11,7 +11,8 @@ For P3-P7 (ids 0..4) the BiFPN spec is the one of EfficientDet::
     top-down:  P6'(3, 4)  P5'(2, 5)  P4'(1, 6)  P3''(0, 7)
     bottom-up: P4''(1, 7, 8)  P5''(2, 6, 9)  P6''(3, 5, 10)  P7''(4, 11)
 
-Any contiguous range of at least two levels works; the specs are generated, not listed.
+Any contiguous range of at least two levels works (QuFPN: three); the specs are
+generated, not listed. ``GRAPHS`` names them: ``bifpn``, ``panet``, ``qufpn``.
 """
 import math
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "build_graph",
     "output_node_ids",
     "panet_nodes",
+    "qufpn_nodes",
     "pyramid_levels",
 ]
 
@@ -72,7 +74,52 @@ def panet_nodes(min_level: int, max_level: int) -> List[PyramidNode]:
     return nodes
 
 
-GRAPHS = {"bifpn": bifpn_nodes, "panet": panet_nodes}
+def qufpn_nodes(min_level: int, max_level: int) -> List[PyramidNode]:
+    """QuFPN (quad FPN; Chen et al. 2020, as effdet's ``qufpn_config``): four paths and a
+    final same-level fusion of two of them, for at least 3 levels:
+
+    1. top-down from the top input (each level: its input + the level above);
+    2. bottom-up over the middle levels (each: every node of its level so far + the level
+       below), then the top level (its input + the level below);
+    3. a second bottom-up path from the bottom input (each level: its input + the level
+       below);
+    4. a second top-down path from path 3's top (each middle level: its input, its path-3
+       node + the level above), then the bottom level (its input + the level above);
+
+    and, at every level, the sum of the path-2 and path-4 nodes, which are the outputs
+    (where a path skips a level, the level's last node stands in for it).
+    """
+    if max_level - min_level < 2:
+        raise ValueError(f"QuFPN needs at least 3 levels, got P{min_level}-P{max_level}")
+    levels = range(min_level, max_level + 1)
+    ids = {level: [level - min_level] for level in levels}  # the nodes of each level, in order
+    nodes: List[PyramidNode] = []
+
+    def add(level: int, inputs: Sequence[int]) -> None:
+        nodes.append(PyramidNode(level, tuple(inputs)))
+        ids[level].append(len(levels) + len(nodes) - 1)
+
+    for level in range(max_level - 1, min_level - 1, -1):  # path 1
+        add(level, (ids[level][-1], ids[level + 1][-1]))
+    ids[max_level].append(ids[max_level][-1])  # the top level has no path-1 node
+    for level in range(min_level + 1, max_level):  # path 2, middle levels
+        add(level, ids[level] + [ids[level - 1][-1]])
+    add(max_level, (ids[max_level][0], ids[max_level - 1][-1]))  # path 2, top level
+    ids[min_level].append(ids[min_level][-1])  # the bottom level has no path-2 node
+    for level in range(min_level + 1, max_level + 1):  # path 3
+        below = ids[level - 1][-1] if level != min_level + 1 else ids[level - 1][0]
+        add(level, (ids[level][0], below))
+    ids[min_level].append(ids[min_level][-1])  # ... nor a path-3 node
+    for level in range(max_level - 1, min_level, -1):  # path 4, middle levels
+        add(level, (ids[level][0], ids[level][-1], ids[level + 1][-1]))
+    add(min_level, (ids[min_level][0], ids[min_level + 1][-1]))  # path 4, bottom level
+    ids[max_level].append(ids[max_level][-1])  # the top level has no path-4 node
+    for level in levels:  # paths 2 + 4
+        add(level, (ids[level][2], ids[level][4]))
+    return nodes
+
+
+GRAPHS = {"bifpn": bifpn_nodes, "panet": panet_nodes, "qufpn": qufpn_nodes}
 
 
 def build_graph(name: str, min_level: int, max_level: int) -> List[PyramidNode]:
