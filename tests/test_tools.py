@@ -120,3 +120,35 @@ def test_analysis_of_random_images_and_activations(in_process):
     report = analyze(model, "activation", analysis_inputs(cfg, 2, [96, 128]))
     assert "#activations" in report and "over 2 input(s)" in report and "Total activations" in report
     assert analyze(model, "structure").startswith("RetinaNet(")
+
+
+def test_docs_steps_name_existing_tools_and_docs_files():
+    """Every step of tools/regenerate_docs.py runs a tool that exists and writes a file the
+    docs hold (a renamed tool or page breaks this)."""
+    from benchmarks.docs_regen import STEPS
+
+    root = Path(__file__).resolve().parents[1]
+    for step in STEPS:
+        assert (root / step.command[1]).is_file(), step.name
+        targets = list(step.copies.values()) or [
+            part.split("/")[-1] for part in step.command if part.startswith("{docs}/")]
+        assert targets, f"{step.name} writes nothing into docs/"
+        assert all((root / "docs" / t).is_file() for t in targets), (step.name, targets)
+
+
+def test_docs_steps_copy_what_succeeded_only(tmp_path):
+    """A step's files are copied into the docs folder once it succeeded; a failing step (or
+    one whose file is missing) leaves the docs file as it was and is reported."""
+    from benchmarks.docs_regen import Step, run_steps
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "table.md").write_text("old")
+    write = "import pathlib; pathlib.Path('out/t.md').write_text('new')"
+    steps = [Step("fails", [sys.executable, "-c", write + "; raise SystemExit(3)"], "out", {"t.md": "table.md"}),
+             Step("no_file", [sys.executable, "-c", "pass"], "out2", {"t.md": "table.md"})]
+    assert run_steps(steps, tmp_path, docs, say=lambda m: None) == ["fails", "no_file"]
+    assert (docs / "table.md").read_text() == "old"
+    ok = Step("ok", [sys.executable, "-c", write], "out", {"t.md": "table.md"})
+    assert run_steps([ok], tmp_path, docs, say=lambda m: None) == []
+    assert (docs / "table.md").read_text() == "new"

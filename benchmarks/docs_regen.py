@@ -1,0 +1,140 @@
+"""Every generated file under ``docs/`` that a CPU can measure, with the command that
+makes it: what ``tools/regenerate_docs.py`` runs.
+
+A step runs one tool into its own folder under ``output/docs``, then copies the files it
+names into ``docs/``; a step that fails copies nothing, so the docs keep their last
+measured files. Steps run in this order (later ones read the weights that earlier ones
+train). Pages quote the figures of these files in their prose: after a run that changed
+figures, ``git diff docs`` shows which sentences to reread.
+
+Not here: the GPU races (``docs/efficientdet_race_cuda.md``), the first neck study
+(``docs/neck_study_first*``, 26 arms x 3 seeds, measured on a GPU host) and the model-zoo
+table (``docs/zoo.md``: 25 models' CPU latencies; run ``tools/model_zoo_table.py``).
+"""
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+__all__ = ["STEPS", "Step", "run_steps", "step_command"]
+
+PY = sys.executable
+STUDY = "output/docs/neck_study"  # trains the weights that fusion_weights and demo read
+STUDY_WEIGHTS = f"{STUDY}/retinanet/candidate/seed0/model_final.pth"
+VAL_IMAGE = "{val_images}/000000.jpg"  # the first image of synthetic_shapes_val
+
+
+@dataclass(frozen=True)
+class Step:
+    """``command`` (run from the repository root; ``{docs}`` and ``{val_images}`` stand for
+    the docs folder and the image folder of ``synthetic_shapes_val``) writes into ``out``; ``copies`` maps
+    a file there to its name in the docs folder (an empty map: the command writes there
+    itself). ``minutes``: (low, high) on a 2-core CPU."""
+
+    name: str
+    command: List[str]
+    out: str
+    copies: Dict[str, str] = field(default_factory=dict)
+    minutes: Sequence[int] = (1, 3)
+
+
+def _tool(name: str, *args: str) -> List[str]:
+    return [PY, f"tools/{name}.py", *args]
+
+
+def _outputs(prefix: str, target: str, *suffixes: str) -> Dict[str, str]:
+    """``{prefix.md: target.md, ...}`` for each suffix."""
+    return {f"{prefix}.{suffix}": f"{target}.{suffix}" for suffix in suffixes}
+
+
+RETINANET_BIFPN = "configs/synthetic/RetinaNet-R18-BiFPN.yaml"
+STUDY_ARMS = ["retinanet/fpn", "retinanet/candidate", "faster_rcnn/fpn", "faster_rcnn/candidate",
+              "retinanet/residual_scale1", "retinanet/residual_scale0.1", "retinanet/channel_fast_normalized",
+              "retinanet/channel_softmax"]
+LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
+
+STEPS: List[Step] = [
+    Step("synthetic_shapes",
+         _tool("visualize_data", "--config-file", RETINANET_BIFPN, "--source", "annotation",
+               "--num-images", "8", "--output-dir", "output/docs/synthetic_shapes",
+               "--mosaic", "{docs}/synthetic_shapes.jpg"),
+         "output/docs/synthetic_shapes"),
+    Step("efficientdet_size",
+         _tool("efficientdet_race", "size", "--output-dir", "output/docs/efficientdet_size"),
+         "output/docs/efficientdet_size", _outputs("size", "efficientdet_size", "md", "csv"), (5, 15)),
+    Step("efficientdet_lite_size",
+         _tool("efficientdet_race", "size", "--variants", *LITE,
+               "--output-dir", "output/docs/efficientdet_lite_size"),
+         "output/docs/efficientdet_lite_size", _outputs("size", "efficientdet_lite_size", "md", "csv"),
+         (3, 10)),
+    Step("main_job", _tool("main_job", "--output-dir", "output/docs/main_job"), "output/docs/main_job",
+         _outputs("results", "main_job_results", "md", "png"), (20, 60)),
+    Step("neck_study", _tool("neck_study", "--arms", *STUDY_ARMS, "--seeds", "0", "1", "--output-dir", STUDY),
+         STUDY, _outputs("neck_study", "neck_study", "md", "csv", "png"), (120, 240)),
+    Step("neck_study_references",
+         _tool("neck_study", "--arms", "reference", "--seeds", "0", "1", "--output-dir", STUDY), STUDY,
+         _outputs("neck_study", "neck_study_references", "md", "csv", "png"), (60, 180)),
+    Step("fusion_weights",
+         _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", STUDY_WEIGHTS,
+               "--output-dir", "output/docs/fusion_weights"),
+         "output/docs/fusion_weights", {"fusion_weights.png": "fusion_weights_retinanet.png"}),
+    Step("demo",
+         _tool("demo", "--config-file", RETINANET_BIFPN, "--input", VAL_IMAGE,
+               "--output", "{docs}/demo.png", "--confidence-threshold", "0.5",
+               "--opts", "MODEL.WEIGHTS", STUDY_WEIGHTS, "MODEL.DEVICE", "cpu"),
+         "output/docs/demo"),
+    Step("efficientdet_race_cpu",
+         _tool("efficientdet_race", "race", "--variants", "D0", "D3", "--batch-sizes", "1", "8",
+               "--threads", "1", "2", "--repeats", "5", "--warmup", "2",
+               "--output-dir", "output/docs/efficientdet_race"),
+         "output/docs/efficientdet_race", {"race.md": "efficientdet_race_cpu.md"}, (30, 90)),
+    Step("efficientdet_race_compiled",
+         _tool("efficientdet_race", "race", "--variants", "D0", "--batch-sizes", "1", "8", "--threads", "1",
+               "--repeats", "3", "--warmup", "1", "--compiled", "--output-dir",
+               "output/docs/efficientdet_race_compiled"),
+         "output/docs/efficientdet_race_compiled",
+         _outputs("race", "efficientdet_race_compiled", "md", "csv"), (15, 45)),
+]
+
+
+def step_command(step: Step, docs: Path) -> List[str]:
+    """``step.command`` with its placeholders filled in (generating the validation
+    images if a step needs them and they are not there yet)."""
+    if any("{val_images}" in part for part in step.command):
+        import bifpn_d2  # noqa: F401  (registers the built-in datasets)
+        from bifpn_d2.data.synthetic import ensure_generated
+
+        val_images = ensure_generated("synthetic_shapes_val")[1]
+    else:
+        val_images = ""
+    return [part.format(docs=docs, val_images=val_images) for part in step.command]
+
+
+def run_steps(steps: Sequence[Step], root: Path, docs: Path, say=print) -> List[str]:
+    """Run ``steps`` in order from ``root``, copying each one's files into ``docs``; return
+    the names of the steps that failed (their docs files are left as they were)."""
+    failed: List[str] = []
+    low_left = sum(s.minutes[0] for s in steps)
+    high_left = sum(s.minutes[1] for s in steps)
+    for index, step in enumerate(steps, 1):
+        say(f"[{index}/{len(steps)}] {step.name}: about {step.minutes[0]}-{step.minutes[1]} min "
+            f"(all left: {low_left}-{high_left} min on a 2-core CPU)")
+        started = time.time()
+        Path(root, step.out).mkdir(parents=True, exist_ok=True)
+        code = subprocess.call(step_command(step, docs), cwd=root)
+        missing = [name for name in step.copies if not Path(root, step.out, name).is_file()]
+        if code != 0 or missing:
+            failed.append(step.name)
+            say(f"  {step.name} FAILED (exit {code}{', missing ' + str(missing) if missing else ''}); "
+                "its docs files are unchanged")
+        else:
+            for name, target in step.copies.items():
+                shutil.copyfile(Path(root, step.out, name), docs / target)
+            say(f"  {step.name} done in {(time.time() - started) / 60:.1f} min"
+                + (f"; copied {', '.join(step.copies.values())}" if step.copies else ""))
+        low_left -= step.minutes[0]
+        high_left -= step.minutes[1]
+    return failed
