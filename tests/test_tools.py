@@ -145,7 +145,8 @@ def test_docs_steps_copy_what_succeeded_only(tmp_path):
     docs.mkdir()
     (docs / "table.md").write_text("old")
     write = "import pathlib; pathlib.Path('out/t.md').write_text('new')"
-    steps = [Step("fails", [sys.executable, "-c", write + "; raise SystemExit(3)"], "out", {"t.md": "table.md"}),
+    fail = write + "; raise SystemExit(3)"
+    steps = [Step("fails", [sys.executable, "-c", fail], "out", {"t.md": "table.md"}),
              Step("no_file", [sys.executable, "-c", "pass"], "out2", {"t.md": "table.md"})]
     assert run_steps(steps, tmp_path, docs, say=lambda m: None) == ["fails", "no_file"]
     assert (docs / "table.md").read_text() == "old"
