@@ -38,11 +38,11 @@ from omegaconf import DictConfig
 from .config import add_bifpn_config
 from .layers import LayerStyle
 from .layers.checks import check_choice
-from .modeling import BiFPN, CellOptions, ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock, WeightedFPN
+from .modeling import BiFPN, CellOptions, ConvP6P7TopBlock, MaxPoolTopBlock, WeightedFPN
 from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
-from .modeling.builders import BIFPN_TOP_BLOCKS as LAZY_TOP_BLOCKS
-from .modeling.builders import bifpn_options
+from .modeling.builders import BIFPN_TOP_BLOCKS, bifpn_options
 from .modeling.pyramid_cell import DEFAULT_CELL
+from .modeling.top_blocks import make_top_block
 
 __all__ = ["bifpn_backbone", "use_bifpn", "use_weighted_fpn"]
 
@@ -68,14 +68,10 @@ def bifpn_backbone(
     1x1 conv + max-pools): the target :func:`use_bifpn` gives ``model.backbone``, since
     the last input level is known only once the bottom-up network is built. ``num_cells``,
     ``cell`` and ``style``: as :class:`BiFPN`'s."""
-    check_choice("top_block_type", top_block_type, LAZY_TOP_BLOCKS)
+    check_choice("top_block_type", top_block_type, BIFPN_TOP_BLOCKS)
     top_block = None
     if extra_levels > 0:
-        channels = bottom_up.output_shape()[in_features[-1]].channels
-        if top_block_type == "p6p7_c5":
-            top_block = ConvP6P7TopBlock(channels, out_channels, in_features[-1], extra_levels)
-        else:
-            top_block = EfficientDetTopBlock(channels, out_channels, extra_levels, in_features[-1], style)
+        top_block = make_top_block(top_block_type, bottom_up, in_features, out_channels, extra_levels, style)
     return BiFPN(bottom_up, list(in_features), out_channels, num_cells, top_block, cell, style)
 
 

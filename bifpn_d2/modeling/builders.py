@@ -12,11 +12,10 @@ the default top block and ``MAX_LEVEL``.
 """
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
-from torch import nn
 
 from ..layers import FUSION_METHODS, NORMS, LayerStyle
 from ..layers.checks import OptionError, check_choice, check_positive, naming_keys
@@ -24,7 +23,7 @@ from .bifpn import BiFPN, CellOptions
 from .efficientnet import FEATURE_NAMES, EfficientNetBackbone
 from .fpn import WeightedFPN
 from .pyramid_graph import pyramid_levels
-from .top_blocks import TOP_BLOCKS, ConvP6P7TopBlock, EfficientDetTopBlock, MaxPoolTopBlock
+from .top_blocks import TOP_BLOCKS, make_top_block
 
 __all__ = [
     "BIFPN_SWITCH",
@@ -149,22 +148,6 @@ def _check_renamed_keys(cfg) -> None:
                              "instead")
 
 
-def _top_block(name: str, cfg, bottom_up: Backbone, levels: List[int], out_channels: int, num_levels: int,
-               style: LayerStyle) -> nn.Module:
-    """The top block ``name`` over the last input (``c5``) or output (``p5``) level."""
-    last_input = cfg.MODEL.FPN.IN_FEATURES[-1]
-    last_channels = bottom_up.output_shape()[last_input].channels
-    last_output = f"p{levels[-1]}"
-    makers: Dict[str, Callable[[], nn.Module]] = {
-        "maxpool": lambda: MaxPoolTopBlock(last_output),
-        "p6p7_c5": lambda: ConvP6P7TopBlock(last_channels, out_channels, last_input, num_levels),
-        "p6p7_p5": lambda: ConvP6P7TopBlock(out_channels, out_channels, last_output, num_levels),
-        "efficientdet": lambda: EfficientDetTopBlock(last_channels, out_channels, num_levels, last_input,
-                                                     style),
-    }
-    return makers[name]()
-
-
 def _default_max_level(cfg, levels: List[int], flavour: str) -> int:
     """The coarsest BiFPN level when MODEL.BIFPN.MAX_LEVEL is 0: the flavour's (P6 R-CNN, P7
     RetinaNet), except under Detectron2's SemanticSegmentor, whose only head reads
@@ -223,7 +206,8 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
                          f"MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; use 'efficientdet' for more")
     top_block = None
     if num_extra > 0:
-        top_block = _top_block(bc.TOP_BLOCK, cfg, bottom_up, levels, width, num_extra, options["style"])
+        top_block = make_top_block(bc.TOP_BLOCK, bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, num_extra,
+                                   options["style"])
     with naming_keys(_BIFPN_KEYS):
         return BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, top_block=top_block,
                      size_divisibility=size_divisibility, **options)
@@ -238,10 +222,11 @@ def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> Weighted
     check_choice("MODEL.FPN.TOP_BLOCK", top_name, TOP_BLOCKS + ("",))
     check_choice("MODEL.FPN.NORM", fc.NORM, NORMS)  # the names of Detectron2's get_norm
     bottom_up = _bottom_up(cfg, input_shape, kind)
-    levels = _input_levels(cfg, bottom_up, kind)
+    _input_levels(cfg, bottom_up, kind)  # MODEL.FPN.IN_FEATURES named in the error, if wrong
     # Detectron2's P6/P7 are two levels whatever the flavour; EfficientDet's fill the flavour.
     num_levels = FLAVOURS[flavour].num_extra_levels if top_name == "efficientdet" else 2
-    top_block = _top_block(top_name, cfg, bottom_up, levels, fc.OUT_CHANNELS, num_levels, LayerStyle(fc.NORM))
+    top_block = make_top_block(top_name, bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, num_levels,
+                               LayerStyle(fc.NORM))
     _check_renamed_keys(cfg)
     return WeightedFPN(bottom_up, fc.IN_FEATURES, fc.OUT_CHANNELS, fc.NORM, top_block, fc.FUSE_TYPE,
                        fc.FUSION_EPS, size_divisibility)

@@ -118,7 +118,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     folded = copy.deepcopy(model).eval()
     done: Set[int] = set()
     for module in list(folded.modules()):
-        ours = hasattr(module, "conv_norm_pairs")
+        ours = hasattr(module, "conv_norm_pairs")  # our layers' forward skips a None norm
         for conv_name, norm_name in list(_conv_norm_pairs(module)):
             conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
             if conv is not None and norm is not None and _fold_into(conv, norm, done):

@@ -13,16 +13,19 @@ Each block follows Detectron2's protocol: ``in_feature`` names the map it starts
 ``efficientdet``       P6 = max-pool(norm(conv1x1(C5))), P7 = max-pool(P6), ...    EfficientDet
 =====================  ==========================================================  =========
 """
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
+from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from ..layers import LayerStyle, ResampleToLevel
+from ..layers.checks import check_choice
+from .pyramid_graph import pyramid_levels
 
-__all__ = ["TOP_BLOCKS", "MaxPoolTopBlock", "ConvP6P7TopBlock", "EfficientDetTopBlock"]
+__all__ = ["TOP_BLOCKS", "MaxPoolTopBlock", "ConvP6P7TopBlock", "EfficientDetTopBlock", "make_top_block"]
 
 TOP_BLOCKS = ("maxpool", "p6p7_c5", "p6p7_p5", "efficientdet")
 
@@ -111,3 +114,22 @@ class EfficientDetTopBlock(nn.Module):
             x = step(x, [(x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2])
             outputs.append(x)
         return outputs
+
+
+def make_top_block(name: str, bottom_up: Backbone, in_features: Sequence[str], out_channels: int,
+                   num_levels: int, style: LayerStyle) -> nn.Module:
+    """The top block ``name`` (one of :data:`TOP_BLOCKS`) adding ``num_levels`` levels of
+    ``out_channels`` channels over a pyramid of ``in_features`` of ``bottom_up``: from its
+    last input (``c5``: ``p6p7_c5``, ``efficientdet``) or its last output (``p5``:
+    ``maxpool``, ``p6p7_p5``). ``style``: the norm of the ``efficientdet`` block."""
+    check_choice("top_block", name, TOP_BLOCKS)
+    last_input = in_features[-1]
+    last_channels = bottom_up.output_shape()[last_input].channels
+    last_output = f"p{pyramid_levels(bottom_up, in_features)[-1]}"
+    if name == "maxpool":
+        return MaxPoolTopBlock(last_output)
+    if name == "p6p7_c5":
+        return ConvP6P7TopBlock(last_channels, out_channels, last_input, num_levels)
+    if name == "p6p7_p5":
+        return ConvP6P7TopBlock(out_channels, out_channels, last_output, num_levels)
+    return EfficientDetTopBlock(last_channels, out_channels, num_levels, last_input, style)
