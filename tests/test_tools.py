@@ -153,3 +153,11 @@ def test_docs_steps_copy_what_succeeded_only(tmp_path):
     ok = Step("ok", [sys.executable, "-c", write], "out", {"t.md": "table.md"})
     assert run_steps([ok], tmp_path, docs, say=lambda m: None) == []
     assert (docs / "table.md").read_text() == "new"
+
+
+def test_regenerate_docs_refuses_an_unknown_step_in_one_line():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "tools" / "regenerate_docs.py"), "--only", "bogus"],
+                            capture_output=True, text=True, cwd=root)
+    assert result.returncode == 2
+    assert "unknown step(s) ['bogus']; steps: ['synthetic_shapes'" in result.stderr.strip().splitlines()[-1]
