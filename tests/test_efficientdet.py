@@ -134,6 +134,31 @@ def test_detections_and_losses_equal_effdet(effdet_name):
                                rtol=1e-5, atol=0)
 
 
+@needs_effdet
+def test_losses_equal_effdet_for_boxes_on_whole_pixels():
+    """Boxes on whole pixels, as the built-in dataset draws them: several anchors tie for a
+    box's best IoU (effdet's matcher keeps the first, Detectron2's low-quality matching all
+    of them), two boxes have the same best anchor (effdet gives it to the first one), and
+    regression targets are exactly 0 (effdet does not train them). Our losses are effdet's."""
+    size = (256, 384)
+    reference, ours = _pair("efficientdet_d0", size)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(4))
+    gt_boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0],  # centred between 2 x 2 anchor centres
+                             [15.0, 15.0, 48.0, 48.0],  # nearly the same box
+                             [100.0, 64.0, 228.0, 192.0], [0.0, 0.0, 64.0, 32.0],
+                             [200.0, 100.0, 264.0, 228.0]])
+    gt_classes = torch.tensor([1, 2, 3, 4, 5])
+    target = _effdet_target(gt_boxes[None], gt_classes[None], size)
+    with torch.no_grad():
+        expected = effdet.DetBenchTrain(reference, create_labeler=True).eval()(x, target)
+        features, predictions = _our_network(ours, x)
+        with EventStorage():
+            losses = ours.forward_training(ImageList(x, [size]), features, predictions,
+                                           [Instances(size, gt_boxes=Boxes(gt_boxes), gt_classes=gt_classes)])
+    torch.testing.assert_close(losses["loss_cls"], expected["class_loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses["loss_box_reg"], 50 * expected["box_loss"], rtol=1e-5, atol=0)
+
+
 def _effdet_target(boxes: torch.Tensor, classes: torch.Tensor, size: Tuple[int, int]) -> dict:
     """effdet's training target for a batch of images with the same number of boxes:
     (y0, x0, y1, x1) boxes, classes from 1."""

@@ -3,7 +3,7 @@
 ``MODEL.META_ARCHITECTURE: "EfficientDet"`` builds backbone (EfficientNet + BiFPN, any
 registered backbone) -> :class:`EfficientDetHead` (separable class and box nets) on top of
 Detectron2's RetinaNet machinery: its anchor generator (subclassed), anchor matching
-(``Matcher``), ``Box2BoxTransform``, box regression loss, batching, NMS and
+(``Matcher``, subclassed), ``Box2BoxTransform``, box regression loss, batching, NMS and
 post-processing. What differs from Detectron2's RetinaNet, each as effdet (rwightman's
 EfficientDet) and the paper do it:
 
@@ -11,11 +11,13 @@ EfficientDet) and the paper do it:
   2**(k / num_scales)``, shapes given as (width, height) factors of it, effdet's
   ``(1, 1), (1.4, 0.7), (0.7, 1.4)`` (not Detectron2's area-preserving ratios 0.5/1/2),
   centred at ``(i + 0.5) * stride``;
-- matching: IoU >= 0.5 positive, below negative, nothing ignored, every ground truth keeps
-  its best anchor;
+- matching (:class:`BestAnchorMatcher`): IoU >= 0.5 positive, below negative, nothing
+  ignored, and every ground truth also takes its one best anchor (the first of equal
+  IoUs), matched to it even where another ground truth overlaps that anchor more;
 - losses: focal loss (alpha 0.25, gamma 1.5) and Huber box loss (delta 0.1, weight 50,
-  averaged over the 4 coordinates), both divided by the number of positive anchors + 1 of
-  the batch (not Detectron2's running average);
+  averaged over the 4 coordinates, none for a regression target of exactly 0), both
+  divided by the number of positive anchors + 1 of the batch (not Detectron2's running
+  average);
 - inference (``topk_over_all_levels=True``): the ``test_topk_candidates`` (5000) best
   (anchor, class) scores over all levels together, boxes decoded and clipped to the image,
   per-class NMS (IoU 0.5), the ``max_detections_per_image`` (100) best kept; scores below
@@ -26,10 +28,8 @@ EfficientDet) and the paper do it:
   class, as Detectron2 folds classes); tracing and scripting keep the per-image loop.
   ``False`` gives Detectron2's RetinaNet rule (top-k per level, clipping after NMS).
 
-Left as Detectron2 does it, differing from effdet only in corner cases: a ground truth
-whose best IoU is shared by several anchors keeps all of them (effdet: one); box
-decoding clamps ``dw``, ``dh`` at ``log(1000 / 16)`` (boxes over 62x their anchor); a
-regression target of exactly 0 is trained (effdet skips it).
+Left as Detectron2 does it, differing from effdet only in a corner case: box decoding
+clamps ``dw``, ``dh`` at ``log(1000 / 16)`` (boxes over 62x their anchor).
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -39,18 +39,20 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
-from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
+from fvcore.nn import smooth_l1_loss
 from torch import Tensor
 
 from ..layers import LayerStyle
 from ..layers.checks import check_positive, naming_keys
 from .efficientdet_head import EfficientDetHead
 
-__all__ = ["EFFICIENTDET_ANCHOR_SHAPES", "EfficientDet", "EfficientDetAnchorGenerator", "sparse_focal_loss"]
+__all__ = ["EFFICIENTDET_ANCHOR_SHAPES", "BestAnchorMatcher", "EfficientDet", "EfficientDetAnchorGenerator",
+           "sparse_focal_loss"]
 
 # The head's arguments that MODEL.EFFICIENTDET keys set, for errors that name the key.
 _HEAD_KEYS = {"norm": "MODEL.EFFICIENTDET.NORM", "activation": "MODEL.EFFICIENTDET.ACTIVATION"}
@@ -89,6 +91,42 @@ def sparse_focal_loss(
         negatives = negatives * valid.unsqueeze(-1)
     scored = logits[positives]
     return negatives.sum() - negative(scored).sum() + positive(scored).sum()
+
+
+class BestAnchorMatcher(Matcher):
+    """effdet's anchor matching (TF's ``ArgMaxMatcher`` with ``force_match_for_each_row``):
+    each anchor is matched to the ground truth it overlaps most, positive (label 1) at IoU
+    >= ``threshold``, else negative (0); then every ground truth takes its single best
+    anchor, the first of equal IoUs (anchors in Detectron2's order, which is effdet's), as
+    a positive matched to that ground truth, even where another ground truth
+    overlaps the anchor more; of several ground truths whose best anchor is the same, the
+    first one has it.
+
+    Detectron2's ``allow_low_quality_matches`` differs where IoUs are equal (it keeps every
+    anchor tied for a ground truth's best IoU) and in whom a kept anchor regresses to (the
+    ground truth it overlaps most). Boxes on whole pixels, as in the built-in dataset, tie
+    often: anchors are centred at half strides, so a box centred on a stride's multiple has
+    two to four equally good anchors.
+    """
+
+    def __init__(self, threshold: float):
+        super().__init__([threshold], [0, 1], allow_low_quality_matches=False)
+
+    def __call__(self, match_quality_matrix: Tensor) -> Tuple[Tensor, Tensor]:
+        """``match_quality_matrix``: ``(G, A)`` IoUs of G ground truths with A anchors.
+        Returns ``matches`` ``(A,)`` (index of the matched ground truth) and ``labels``
+        ``(A,)`` (1 positive, 0 negative), as :class:`Matcher`."""
+        matches, labels = super().__call__(match_quality_matrix)
+        num_gt = match_quality_matrix.shape[0]
+        if num_gt == 0 or match_quality_matrix.numel() == 0:
+            return matches, labels
+        best_anchor = match_quality_matrix.argmax(dim=1)  # (G,): the first of equal IoUs
+        forced_by = torch.full_like(matches, num_gt)
+        forced_by.scatter_reduce_(0, best_anchor, torch.arange(num_gt, device=matches.device), reduce="amin")
+        forced = forced_by < num_gt
+        matches = torch.where(forced, forced_by, matches)
+        labels = torch.where(forced, torch.ones_like(labels), labels)
+        return matches, labels
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()
@@ -247,7 +285,7 @@ class EfficientDet(RetinaNet):
             "head_in_features": list(ec.IN_FEATURES),
             "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0)),
-            "anchor_matcher": Matcher([ec.IOU_THRESHOLD], [0, 1], allow_low_quality_matches=True),
+            "anchor_matcher": BestAnchorMatcher(ec.IOU_THRESHOLD),
             "num_classes": ec.NUM_CLASSES,
             "focal_loss_alpha": ec.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": ec.FOCAL_LOSS_GAMMA,
@@ -303,12 +341,14 @@ class EfficientDet(RetinaNet):
         positives = (image_idxs, anchor_idxs, gt_labels[image_idxs, anchor_idxs])
         alpha, gamma = self.focal_loss_alpha, self.focal_loss_gamma
         loss_cls = sparse_focal_loss(logits, positives, valid_mask, alpha, gamma)
-        # huber(x, delta) = delta * smooth_l1(x, beta=delta)
-        smooth_l1 = _dense_box_regression_loss(
-            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
-            box_reg_loss_type="smooth_l1", smooth_l1_beta=self.huber_delta,
-        )
-        loss_box = self.box_loss_weight * self.huber_delta * smooth_l1 / 4.0
+        anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        matched_boxes = torch.stack(gt_boxes)[image_idxs, anchor_idxs]  # (P, 4)
+        targets = self.box2box_transform.get_deltas(anchors[anchor_idxs], matched_boxes)
+        deltas = cat(pred_anchor_deltas, dim=1)[image_idxs, anchor_idxs]  # (P, 4)
+        # huber(x, delta) = delta * smooth_l1(x, beta=delta); as effdet, a coordinate whose
+        # target is exactly 0 is not trained (frequent for boxes on whole pixels).
+        huber = self.huber_delta * smooth_l1_loss(deltas, targets, beta=self.huber_delta, reduction="none")
+        loss_box = self.box_loss_weight * (huber * (targets != 0)).sum() / 4.0
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box / normalizer}
 
     def forward_inference(self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]):
