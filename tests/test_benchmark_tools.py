@@ -362,3 +362,27 @@ def test_fusion_weights_of_a_weighted_fpn(tmp_path):
         ("P3", "P4 top-down"),
     ]
     assert all(r["weight"] == pytest.approx(0.5) for r in rows)
+
+
+def test_effdet_training_comparison_trains_both_sides_alike(tmp_path):
+    """tools/compare_effdet_training.py --quick: effdet's side and ours start from the same
+    weights and see the same batches with the same drop-path draws, so their first two
+    losses agree (a different initialisation, batch, augmentation, matching or loss would
+    show here); both are evaluated, and the table and the curves are written."""
+    pytest.importorskip("effdet")
+    tool = os.path.join(ROOT, "tools", "compare_effdet_training.py")
+    result = subprocess.run([sys.executable, tool, "--quick", "--seeds", "0", "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    def losses(side: str):
+        with open(tmp_path / f"{side}_seed0" / "metrics.json") as f:
+            records = [json.loads(line) for line in f]
+        assert "bbox/AP" in records[-1]  # evaluated
+        return [r["total_loss"] for r in records if "total_loss" in r]
+
+    effdet_losses, our_losses = losses("effdet"), losses("ours")
+    assert len(effdet_losses) == len(our_losses) == 2
+    assert effdet_losses == pytest.approx(our_losses, rel=1e-4)
+    assert (tmp_path / "results.md").read_text().count("| effdet |") == 1
+    assert (tmp_path / "results.png").stat().st_size > 0
