@@ -47,7 +47,10 @@ def synthetic_overrides(iters: int, size: int = 320, ema_decay: float = 0.99) ->
     """EfficientDet-D0 on the built-in synthetic dataset (5 classes) at ``size`` px for
     ``iters`` iterations of batch 4 on the CPU, the recipe kept (scale jitter 0.1-2.0, EMA,
     clipping at 10, warmup then cosine) but BN for SyncBN (one process) and an EMA decay
-    for a short run (0.9998 would leave the EMA 94 % the initial weights after 300 steps)."""
+    for a short run (0.9998 would leave the EMA 94 % the initial weights after 300 steps)
+    and a BN momentum of 0.1 in the neck and the head: with EfficientDet's 0.01 the running
+    statistics are still 5 % their initial values after 300 steps, and both sides evaluate
+    at AP 0.0-0.1 (measured) however well they trained."""
     return [
         "MODEL.DEVICE", "cpu",
         "MODEL.EFFICIENTDET.NUM_CLASSES", "5",
@@ -58,16 +61,23 @@ def synthetic_overrides(iters: int, size: int = 320, ema_decay: float = 0.99) ->
         "DATALOADER.NUM_WORKERS", "0",
         "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01", "SOLVER.MAX_ITER", str(iters),
         "SOLVER.WARMUP_ITERS", str(max(1, min(50, iters // 6))), "SOLVER.CHECKPOINT_PERIOD", "100000",
+        "MODEL.BIFPN.NORM_MOMENTUM", "0.1", "MODEL.EFFICIENTDET.NORM_MOMENTUM", "0.1",
         "MODEL_EMA.DECAY", str(ema_decay), "TEST.EVAL_PERIOD", "0",
     ]
 
 
 def _effdet_model(cfg, effdet_name: str) -> torch.nn.Module:
     """effdet's model ``effdet_name`` (random weights) with ``cfg``'s classes, square input
-    size and drop-path rate of the bottom-up network."""
+    size, drop-path rate of the bottom-up network and BN momentum of the neck and head
+    (effdet has one for both)."""
     from effdet import EfficientDet, get_efficientdet_config
 
+    momentum = cfg.MODEL.BIFPN.NORM_MOMENTUM
+    if cfg.MODEL.EFFICIENTDET.NORM_MOMENTUM != momentum:
+        raise ValueError("effdet has one BN momentum for its neck and head: MODEL.BIFPN.NORM_MOMENTUM "
+                         "and MODEL.EFFICIENTDET.NORM_MOMENTUM must be equal")
     config = get_efficientdet_config(effdet_name)
+    config.norm_kwargs = dict(config.norm_kwargs, momentum=momentum)
     config.num_classes = cfg.MODEL.EFFICIENTDET.NUM_CLASSES
     config.image_size = [cfg.INPUT.MAX_SIZE_TRAIN] * 2
     config.backbone_args = dict(config.backbone_args, drop_path_rate=cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE)
