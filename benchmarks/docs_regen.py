@@ -24,6 +24,7 @@ __all__ = ["STEPS", "Step", "run_steps", "step_command"]
 PY = sys.executable
 STUDY = "output/docs/neck_study"  # trains the weights that fusion_weights and demo read
 STUDY_WEIGHTS = f"{STUDY}/retinanet/candidate/seed0/model_final.pth"
+EFFDET_TRAINING = "output/docs/efficientdet_training"
 VAL_IMAGE = "{val_images}/000000.jpg"  # the first image of synthetic_shapes_val
 
 
@@ -72,6 +73,10 @@ STEPS: List[Step] = [
          (3, 10)),
     Step("main_job", _tool("main_job", "--output-dir", "output/docs/main_job"), "output/docs/main_job",
          _outputs("results", "main_job_results", "md", "png"), (20, 60)),
+    Step("efficientdet_training",
+         _tool("compare_effdet_training", "--seeds", "0", "1", "--output-dir", EFFDET_TRAINING),
+         EFFDET_TRAINING,
+         _outputs("results", "efficientdet_training", "md", "csv", "png"), (15, 45)),
     Step("neck_study", _tool("neck_study", "--arms", *STUDY_ARMS, "--seeds", "0", "1", "--output-dir", STUDY),
          STUDY, _outputs("neck_study", "neck_study", "md", "csv", "png"), (120, 240)),
     Step("neck_study_references",
