@@ -43,6 +43,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.iters < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("--iters, --jobs and --threads must be >= 1")
+    try:
+        import effdet  # noqa: F401
+    except ImportError:
+        parser.error("effdet is not installed: pip install effdet (tools/setup_env.sh installs it)")
     opts = list(args.opts)
     if args.quick:
         opts = TINY_OVERRIDES + opts
