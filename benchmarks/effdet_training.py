@@ -25,6 +25,7 @@ weights into our model, whose detections equal effdet's for equal weights
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from .comparison import ROOT, Run, mean_and_sd, read_metrics, run_all
+from .comparison import ROOT, Run, mean_and_sd, run_all, summarize
 
 __all__ = ["EFFDET_NAME", "EffdetRun", "compare_trainings", "effdet_target", "synthetic_overrides",
            "train_effdet", "write_initial_weights"]
@@ -86,6 +87,20 @@ def _effdet_model(cfg, effdet_name: str) -> torch.nn.Module:
     return EfficientDet(config, pretrained_backbone=False)
 
 
+def _converted(state: Dict[str, torch.Tensor], model: torch.nn.Module, what: str) -> Dict[str, torch.Tensor]:
+    """effdet's ``state`` converted into ``model``'s names and layout.
+
+    Raises:
+        RuntimeError: the converter left a weight of ours unset or one of effdet's unused.
+    """
+    from bifpn_d2.convert import convert_effdet_detector
+
+    converted, missing, unexpected = convert_effdet_detector(state, model)
+    if missing or unexpected:
+        raise RuntimeError(f"converting {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return converted
+
+
 def write_initial_weights(cfg, seed: int, directory: Path,
                           effdet_name: str = EFFDET_NAME) -> Tuple[Path, Path]:
     """effdet's model initialised by effdet with ``seed`` and the same weights converted
@@ -97,13 +112,9 @@ def write_initial_weights(cfg, seed: int, directory: Path,
     """
     from detectron2.modeling import build_model
 
-    from bifpn_d2.convert import convert_effdet_detector
-
     torch.manual_seed(seed)
     reference = _effdet_model(cfg, effdet_name)
-    state, missing, unexpected = convert_effdet_detector(reference.state_dict(), build_model(cfg))
-    if missing or unexpected:
-        raise RuntimeError(f"converting {effdet_name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    state = _converted(reference.state_dict(), build_model(cfg), effdet_name)
     directory.mkdir(parents=True, exist_ok=True)
     effdet_path, our_path = directory / EFFDET_INIT, directory / OUR_INIT
     torch.save(reference.state_dict(), effdet_path)
@@ -111,21 +122,21 @@ def write_initial_weights(cfg, seed: int, directory: Path,
     return effdet_path, our_path
 
 
-def effdet_target(batched_inputs: Sequence[Dict], size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
-    """effdet's training target for Detectron2 training dicts (``instances`` with
-    ``gt_boxes`` (x0, y0, x1, y1) and ``gt_classes`` from 0): boxes (y0, x0, y1, x1) and
-    classes from 1, each image's padded with -1 to the batch's largest count (effdet's
-    labeler skips them), so that images with no box are negatives only."""
+def effdet_target(instances: Sequence, size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+    """effdet's training target for a batch of Detectron2 ``Instances`` (``gt_boxes``
+    (x0, y0, x1, y1), ``gt_classes`` from 0) of images of ``size`` (height, width): boxes
+    (y0, x0, y1, x1) and classes from 1, each image's padded with -1 to the batch's largest
+    count (effdet's labeler skips them), so that images with no box are negatives only."""
     height, width = size
-    boxes = [d["instances"].gt_boxes.tensor[:, [1, 0, 3, 2]] for d in batched_inputs]
-    classes = [d["instances"].gt_classes.float() + 1 for d in batched_inputs]
+    boxes = [i.gt_boxes.tensor[:, [1, 0, 3, 2]] for i in instances]
+    classes = [i.gt_classes.float() + 1 for i in instances]
     count = max(1, max(len(b) for b in boxes))
     padded_boxes = torch.full((len(boxes), count, 4), -1.0)
     padded_classes = torch.full((len(boxes), count), -1.0)
     for i, (b, c) in enumerate(zip(boxes, classes)):
         padded_boxes[i, : len(b)] = b
         padded_classes[i, : len(c)] = c
-    batch = len(batched_inputs)
+    batch = len(instances)
     return {"bbox": padded_boxes, "cls": padded_classes, "img_scale": torch.ones(batch),
             "img_size": torch.tensor([[width, height]] * batch, dtype=torch.float)}
 
@@ -144,7 +155,6 @@ def train_effdet(cfg, args, effdet_init: Path, effdet_name: str = EFFDET_NAME) -
     from effdet import DetBenchTrain
     from timm.utils import ModelEmaV3, dispatch_clip_grad
 
-    from bifpn_d2.convert import convert_effdet_detector
     from bifpn_d2.engine import Trainer
     from bifpn_d2.engine.trainer import log_period
 
@@ -175,7 +185,8 @@ def train_effdet(cfg, args, effdet_init: Path, effdet_name: str = EFFDET_NAME) -
             batched_inputs = next(data)
             images = ours.model.preprocess_image(batched_inputs)
             data_time = time.perf_counter() - start
-            output = bench(images.tensor, effdet_target(batched_inputs, tuple(images.tensor.shape[-2:])))
+            target = effdet_target([d["instances"] for d in batched_inputs], tuple(images.tensor.shape[-2:]))
+            output = bench(images.tensor, target)
             optimizer.zero_grad()
             output["loss"].backward()
             if clip.ENABLED:
@@ -190,10 +201,7 @@ def train_effdet(cfg, args, effdet_init: Path, effdet_name: str = EFFDET_NAME) -
             if (iteration + 1) % period == 0 or iteration == max_iter - 1:
                 for writer in writers:
                     writer.write()
-        state, missing, unexpected = convert_effdet_detector(ema.module.state_dict(), ours.model)
-        if missing or unexpected:
-            raise RuntimeError(f"converting the EMA: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        ours.model.load_state_dict(state)
+        ours.model.load_state_dict(_converted(ema.module.state_dict(), ours.model, "the EMA"))
         results = Trainer.evaluate(cfg, ours.model)
         storage.iter = max_iter  # as Detectron2 records the evaluation after training
         storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
@@ -267,18 +275,10 @@ def compare_trainings(
     say(f"effdet's training vs ours, {EFFDET_NAME} / {Path(CONFIG).name}, seeds {list(seeds)}, {iters} "
         f"iterations: {jobs} at a time, {threads} thread(s) each")
     run_all([run for pair in zip(runs["effdet"], runs["ours"]) for run in pair], jobs, threads, say)
-    rows = []
-    for side, side_runs in runs.items():
-        ap, sd = mean_and_sd([r.value("bbox/AP") for r in side_runs])
-        row: Dict[str, object] = {"training": side, "seeds": " ".join(str(r.seed) for r in side_runs),
-                                  "AP": ap, "AP sd": sd,
-                                  "AP per seed": " / ".join(f"{r.value('bbox/AP'):.1f}" for r in side_runs)}
-        for column, key in (("AP50", "bbox/AP50"), ("AP75", "bbox/AP75"), ("AP_small", "bbox/APs"),
-                            ("AP_medium", "bbox/APm"), ("AP_large", "bbox/APl")):
-            row[column] = mean_and_sd([r.value(key) for r in side_runs])[0]
-        row["final loss"] = mean_and_sd([r.losses[-1] if r.losses else float("nan") for r in side_runs])[0]
-        row["s/iter"] = mean_and_sd([r.sec_per_iter for r in side_runs])[0]
-        rows.append(row)
+    rows = summarize(runs, reference="effdet")
+    for row in rows:
+        side_runs = runs[str(row["model"])]
+        row["final loss"] = mean_and_sd([r.losses[-1] if r.losses else math.nan for r in side_runs])[0]
     title = (f"EfficientDet-D0 trained by effdet's pieces and by tools/train_net.py: synthetic_shapes, "
              f"{cfg.INPUT.MAX_SIZE_TRAIN} px, batch {cfg.SOLVER.IMS_PER_BATCH}, {iters} iterations, "
              f"seeds {list(seeds)}, EMA weights evaluated on {', '.join(cfg.DATASETS.TEST)}")
@@ -288,9 +288,7 @@ def compare_trainings(
             f"final loss: the last logged (20-iteration median) total loss.")
     write_text(f"{title}\n\n{table}\n{note}\n", str(output_dir / "results.md"))
     write_csv(rows, str(output_dir / "results.csv"))
-    _plot_curves({side: [read_metrics(r) for r in rs] for side, rs in runs.items()},
-                 output_dir / "results.png",
-                 title.split(":")[0])
+    _plot_curves(runs, output_dir / "results.png", title.split(":")[0])
     print(f"\n{title}\n\n{table}\n{note}\n")
     return rows
 

@@ -21,6 +21,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import sigmoid_focal_loss
 
 import bifpn_d2
+from benchmarks.effdet_training import effdet_target
 from bifpn_d2 import EfficientDetAnchorGenerator
 from bifpn_d2.convert import (
     COCO_THING_CLASSES,
@@ -147,25 +148,15 @@ def test_losses_equal_effdet_for_boxes_on_whole_pixels():
                              [15.0, 15.0, 48.0, 48.0],  # nearly the same box
                              [100.0, 64.0, 228.0, 192.0], [0.0, 0.0, 64.0, 32.0],
                              [200.0, 100.0, 264.0, 228.0]])
-    gt_classes = torch.tensor([1, 2, 3, 4, 5])
-    target = _effdet_target(gt_boxes[None], gt_classes[None], size)
+    instances = Instances(size, gt_boxes=Boxes(gt_boxes), gt_classes=torch.tensor([1, 2, 3, 4, 5]))
+    target = effdet_target([instances], size)
     with torch.no_grad():
         expected = effdet.DetBenchTrain(reference, create_labeler=True).eval()(x, target)
         features, predictions = _our_network(ours, x)
         with EventStorage():
-            losses = ours.forward_training(ImageList(x, [size]), features, predictions,
-                                           [Instances(size, gt_boxes=Boxes(gt_boxes), gt_classes=gt_classes)])
+            losses = ours.forward_training(ImageList(x, [size]), features, predictions, [instances])
     torch.testing.assert_close(losses["loss_cls"], expected["class_loss"], rtol=1e-5, atol=0)
     torch.testing.assert_close(losses["loss_box_reg"], 50 * expected["box_loss"], rtol=1e-5, atol=0)
-
-
-def _effdet_target(boxes: torch.Tensor, classes: torch.Tensor, size: Tuple[int, int]) -> dict:
-    """effdet's training target for a batch of images with the same number of boxes:
-    (y0, x0, y1, x1) boxes, classes from 1."""
-    height, width = size
-    batch = len(boxes)
-    return {"bbox": boxes[..., [1, 0, 3, 2]], "cls": (classes + 1).float(), "img_scale": torch.ones(batch),
-            "img_size": torch.tensor([[width, height]] * batch, dtype=torch.float)}
 
 
 @needs_effdet
@@ -194,8 +185,8 @@ def test_training_steps_equal_effdet():
     corners = torch.rand(2, 3, 2, generator=generator) * torch.tensor([200.0, 120.0])
     gt_boxes = torch.cat([corners + 3.1, corners + 40.7 + 120 * torch.rand(2, 3, 2, generator=generator)], -1)
     gt_classes = torch.randint(0, 90, (2, 3), generator=generator)
-    target = _effdet_target(gt_boxes, gt_classes, size)
     instances = [Instances(size, gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(gt_boxes, gt_classes)]
+    target = effdet_target(instances, size)
 
     def effdet_as_ours(tensors: dict) -> dict:
         converted, missing, unexpected = convert_effdet_detector(tensors, ours)

@@ -117,9 +117,9 @@ class BestAnchorMatcher(Matcher):
         Returns ``matches`` ``(A,)`` (index of the matched ground truth) and ``labels``
         ``(A,)`` (1 positive, 0 negative), as :class:`Matcher`."""
         matches, labels = super().__call__(match_quality_matrix)
-        num_gt = match_quality_matrix.shape[0]
-        if num_gt == 0 or match_quality_matrix.numel() == 0:
+        if match_quality_matrix.numel() == 0:
             return matches, labels
+        num_gt = match_quality_matrix.shape[0]
         best_anchor = match_quality_matrix.argmax(dim=1)  # (G,): the first of equal IoUs
         forced_by = torch.full_like(matches, num_gt)
         forced_by.scatter_reduce_(0, best_anchor, torch.arange(num_gt, device=matches.device), reduce="amin")
