@@ -90,6 +90,10 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Run the cells in channels-last memory layout; the outputs are then channels-last
     # tensors (same values). Several times faster depthwise convs and pools on CPU.
     cfg.MODEL.BIFPN.CHANNELS_LAST = _CELL.channels_last  # True
+    # Activation checkpointing of the cells: in training each cell keeps only its inputs
+    # and recomputes its activations in the backward pass (less memory, more time per
+    # step; outputs, gradients and norm statistics unchanged).
+    cfg.MODEL.BIFPN.CHECKPOINT_ACTIVATIONS = False
     # Earlier names, kept so that a config still setting them gets an error naming the new
     # key: FUSION (now FUSE_TYPE) and FUSION_EPS (now MODEL.FPN.FUSION_EPS, both necks).
     cfg.MODEL.BIFPN.FUSION = ""
@@ -103,6 +107,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # local ImageNet weight file; "" = random init
     cfg.MODEL.EFFICIENTNET.NORM = "BN"  # Detectron2's names: "BN" | "FrozenBN" | "SyncBN" | "nnSyncBN"
     cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0  # stochastic depth (EfficientDet: 0.2)
+    # Activation checkpointing of the stages (as MODEL.BIFPN.CHECKPOINT_ACTIVATIONS); the
+    # bottom-up network keeps most of a training step's activations.
+    cfg.MODEL.EFFICIENTNET.CHECKPOINT_ACTIVATIONS = False
 
     # --- MODEL.EFFICIENTDET: the "EfficientDet" meta-architecture (MODEL.META_ARCHITECTURE).
     # Defaults are effdet's (rwightman's EfficientDet) and the paper's; TEST.DETECTIONS_PER_IMAGE
@@ -120,6 +127,8 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.EFFICIENTDET.ACTIVATION = "swish"
     cfg.MODEL.EFFICIENTDET.BIAS_BEFORE_NORM = False  # redundant conv biases of TF EfficientDet
     cfg.MODEL.EFFICIENTDET.PRIOR_PROB = 0.01  # initial foreground probability of every logit
+    # Activation checkpointing of the class and box nets (as MODEL.BIFPN.CHECKPOINT_ACTIVATIONS).
+    cfg.MODEL.EFFICIENTDET.CHECKPOINT_ACTIVATIONS = False
     # Anchors: NUM_SCALES sizes ANCHOR_SCALE * stride * 2**(k / NUM_SCALES) (D7: scale 5), each
     # in every (width, height) shape; ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS are not read.
     cfg.MODEL.EFFICIENTDET.ANCHOR_SCALE = 4.0

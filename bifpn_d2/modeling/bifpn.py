@@ -96,6 +96,13 @@ class BiFPN(PyramidBackbone):
         self._init_weights(cell.conv_init)
         self.channels_last = cell.channels_last
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each cell's activations in the backward pass instead of keeping them
+        (activation checkpointing: less memory in training, more time; outputs and
+        gradients unchanged). ``MODEL.BIFPN.CHECKPOINT_ACTIVATIONS`` in a config."""
+        for cell in self.cells:
+            cell.set_grad_checkpointing(enable)
+
     def _init_weights(self, conv_init: str) -> None:
         """Convs of the cells per ``conv_init``, with zero bias; norms and fusion weights
         keep their initialisation (1/0 and 1; residual cells zero their output norms'

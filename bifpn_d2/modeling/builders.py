@@ -101,14 +101,16 @@ def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]
         out_features = None  # let the pyramid report what the bottom-up network produces
     try:
         with naming_keys(_EFFICIENTNET_KEYS):
-            return EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
-                                        ec.DROP_PATH_RATE, ec.WEIGHTS)
+            bottom_up = EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
+                                             ec.DROP_PATH_RATE, ec.WEIGHTS)
     except OptionError:
         raise
     except (OSError, ValueError) as e:
         if not ec.WEIGHTS:
             raise
         raise ValueError(f"MODEL.EFFICIENTNET.WEIGHTS={ec.WEIGHTS!r}: {e}") from e
+    bottom_up.set_grad_checkpointing(ec.CHECKPOINT_ACTIVATIONS)
+    return bottom_up
 
 
 def _bottom_up(cfg, input_shape: ShapeSpec, kind: str) -> Backbone:
@@ -209,8 +211,10 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
         top_block = make_top_block(bc.TOP_BLOCK, bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, num_extra,
                                    options["style"])
     with naming_keys(_BIFPN_KEYS):
-        return BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, top_block=top_block,
+        neck = BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, top_block=top_block,
                      size_divisibility=size_divisibility, **options)
+    neck.set_grad_checkpointing(bc.CHECKPOINT_ACTIVATIONS)
+    return neck
 
 
 def _build_fpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> WeightedFPN:

@@ -279,6 +279,7 @@ class EfficientDet(RetinaNet):
                 activation=ec.ACTIVATION,
                 prior_prob=ec.PRIOR_PROB,
             )
+        head.set_grad_checkpointing(ec.CHECKPOINT_ACTIVATIONS)
         return {
             "backbone": backbone,
             "head": head,

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 from ..layers import LayerStyle, conv3x3, make_activation
+from ..layers.activation_checkpointing import ActivationCheckpointing
 
 __all__ = ["EfficientDetHead", "PredictionNet"]
 
 
-class PredictionNet(nn.Module):
+class PredictionNet(ActivationCheckpointing, nn.Module):
     """One net: a list of ``(N, C, H_l, W_l)`` maps, one per level, to a list of
-    ``(N, num_outputs, H_l, W_l)``."""
+    ``(N, num_outputs, H_l, W_l)``. ``set_grad_checkpointing(True)`` recomputes its
+    activations in the backward pass (see :class:`ActivationCheckpointing`)."""
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class PredictionNet(nn.Module):
         self.act = make_activation(activation)
         self.predictor = conv3x3(channels, num_outputs, separable, bias=True)
         self._init_weights(separable, predictor_bias)
+        self.set_grad_checkpointing(False)
 
     def _init_weights(self, separable: bool, predictor_bias: float) -> None:
         """EfficientDet's: separable convs normal with variance 1 / fan-in, dense ones normal
@@ -80,7 +83,7 @@ class PredictionNet(nn.Module):
         last = self.predictor.pointwise if separable else self.predictor
         nn.init.constant_(last.bias, predictor_bias)
 
-    def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+    def _forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         if len(features) != len(self.norms):
             raise ValueError(f"got {len(features)} levels, the net was built for {len(self.norms)}")
         outputs: List[torch.Tensor] = []
@@ -137,3 +140,9 @@ class EfficientDetHead(nn.Module):
 
     def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         return self.class_net(features), self.box_net(features)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the activations of both nets in the backward pass (less memory in
+        training, more time); see :class:`ActivationCheckpointing`."""
+        self.class_net.set_grad_checkpointing(enable)
+        self.box_net.set_grad_checkpointing(enable)

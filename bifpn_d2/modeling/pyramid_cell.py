@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..layers import LayerStyle, ResampleToLevel, SeparableConvNorm, WeightedFusion, make_activation
+from ..layers.activation_checkpointing import ActivationCheckpointing
 from ..layers.checks import OptionError
 from .pyramid_graph import PyramidNode, output_node_ids
 
@@ -116,13 +117,14 @@ class FusionNode(nn.Module):
         return self.conv(self.act(self.fusion(inputs)))
 
 
-class PyramidCell(nn.Module):
+class PyramidCell(ActivationCheckpointing, nn.Module):
     """A cell over levels ``min_level..max_level``: ``L`` maps in, ``L`` maps out (plus
     the inputs, for a residual cell).
 
     Input ``i`` has shape ``(N, in_channels[i], H_i, W_i)`` at stride ``2**(min_level+i)``;
     output ``i`` has shape ``(N, out_channels, H_i, W_i)``. The caller's list is not
-    modified.
+    modified. ``set_grad_checkpointing(True)`` recomputes the cell's activations in the
+    backward pass instead of keeping them (see :class:`ActivationCheckpointing`).
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class PyramidCell(nn.Module):
         self.residual = options.residual and all(c == out_channels for c in in_channels)
         if self.residual:
             self._scale_output_norms(options.residual_scale)
+        self.set_grad_checkpointing(False)
 
     def _scale_output_norms(self, scale: float) -> None:
         """Set the scale of the norm that ends each output node to ``scale``: with 0 the
@@ -188,7 +191,7 @@ class PyramidCell(nn.Module):
             if norm is not None and getattr(norm, "weight", None) is not None:
                 nn.init.constant_(norm.weight, scale)
 
-    def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+    def _forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         sizes: List[List[int]] = [[f.shape[-2], f.shape[-1]] for f in features]
         nodes: List[torch.Tensor] = list(features)
         for node in self.nodes:
