@@ -3,8 +3,7 @@ training step and recomputes its activations in the backward pass (less memory, 
 time; google/automl's ``grad_checkpoint``, timm's ``set_grad_checkpointing``).
 
 A module opts in by deriving from :class:`ActivationCheckpointing` and writing its
-computation as ``_forward(features: List[Tensor]) -> List[Tensor]``; a chain of modules
-becomes a :class:`CheckpointedSequential`. Unlike a plain
+computation as ``_forward(features: List[Tensor]) -> List[Tensor]``. Unlike a plain
 ``torch.utils.checkpoint`` call, the recomputation leaves the module's buffers (batch-norm
 running statistics and their counters) as the forward pass left them: they are updated
 once per step, as without checkpointing, not twice.
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["ActivationCheckpointing", "CheckpointedSequential", "checkpoint_activations"]
+__all__ = ["ActivationCheckpointing", "checkpoint_activations"]
 
 
 def checkpoint_activations(function: Callable[[Any], Any], features: Any, stateful: nn.Module) -> Any:
@@ -68,30 +67,3 @@ class ActivationCheckpointing:
     def _forward_checkpointed(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         return checkpoint_activations(self._forward, features, self)
 
-
-class CheckpointedSequential(nn.Sequential):
-    """``nn.Sequential`` that can recompute its activations in the backward pass
-    (``set_grad_checkpointing(True)``; off by default). Its children and state-dict keys
-    are those of the ``nn.Sequential`` it is made from: ``CheckpointedSequential(*stage)``."""
-
-    def __init__(self, *modules: nn.Module):
-        super().__init__(*modules)
-        self.grad_checkpointing = False
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = bool(enable)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        if recompute and not torch.jit.is_scripting():
-            return self._forward_checkpointed(x)
-        return self._chain(x)
-
-    def _chain(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self:
-            x = module(x)
-        return x
-
-    @torch.jit.unused
-    def _forward_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
-        return checkpoint_activations(self._chain, x, self)

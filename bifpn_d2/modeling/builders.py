@@ -109,7 +109,6 @@ def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]
         if not ec.WEIGHTS:
             raise
         raise ValueError(f"MODEL.EFFICIENTNET.WEIGHTS={ec.WEIGHTS!r}: {e}") from e
-    bottom_up.set_grad_checkpointing(ec.CHECKPOINT_ACTIVATIONS)
     return bottom_up
 
 

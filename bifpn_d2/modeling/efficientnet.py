@@ -14,7 +14,6 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import nn
 
 from ..checkpoint import timm_pretrained_kwargs, unreadable
-from ..layers.activation_checkpointing import CheckpointedSequential
 from ..layers.checks import check_choice
 
 __all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "FEATURE_NAMES", "EfficientNetBackbone"]
@@ -78,10 +77,6 @@ class EfficientNetBackbone(Backbone):
             body = convert_sync_batchnorm(body)
         if freeze_at > 0:
             _freeze_up_to(body, stages[freeze_at - 1]["module"])
-        # Each stage can recompute its activations (set_grad_checkpointing); same modules
-        # and state-dict keys as timm's.
-        for i, stage in enumerate(body.blocks):
-            body.blocks[i] = CheckpointedSequential(*stage)
 
         self.body = body
         self.model_name = model_name
@@ -89,13 +84,6 @@ class EfficientNetBackbone(Backbone):
         returned = {FEATURE_NAMES[d["index"]]: d for d in body.feature_info.get_dicts()}
         self._out_feature_channels = {n: returned[n]["num_chs"] for n in out_features}
         self._out_feature_strides = {n: returned[n]["reduction"] for n in out_features}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage's activations in the backward pass instead of keeping them
-        (activation checkpointing: less memory in training, more time; outputs, gradients
-        and norm statistics unchanged). ``MODEL.EFFICIENTNET.CHECKPOINT_ACTIVATIONS``."""
-        for stage in self.body.blocks:
-            stage.set_grad_checkpointing(enable)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         outputs: Dict[str, torch.Tensor] = {}
