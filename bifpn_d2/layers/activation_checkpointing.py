@@ -8,7 +8,7 @@ computation as ``_forward(features: List[Tensor]) -> List[Tensor]``. Unlike a pl
 running statistics and their counters) as the forward pass left them: they are updated
 once per step, as without checkpointing, not twice.
 """
-from typing import Any, Callable, List
+from typing import Callable, List
 
 import torch
 from torch import nn
@@ -17,12 +17,16 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["ActivationCheckpointing", "checkpoint_activations"]
 
 
-def checkpoint_activations(function: Callable[[Any], Any], features: Any, stateful: nn.Module) -> Any:
+def checkpoint_activations(
+    function: Callable[[List[torch.Tensor]], List[torch.Tensor]],
+    features: List[torch.Tensor],
+    stateful: nn.Module,
+) -> List[torch.Tensor]:
     """``function(features)``, its activations recomputed in the backward pass.
 
     Args:
         function: the computation; it may update buffers of ``stateful``.
-        features: its input: a tensor or a list of tensors.
+        features: its input maps.
         stateful: the module whose buffers the recomputation must not change (they are
             restored after it, also when autograd stops the recomputation early).
     Returns:
@@ -30,7 +34,7 @@ def checkpoint_activations(function: Callable[[Any], Any], features: Any, statef
     """
     calls = 0
 
-    def run(inputs: Any) -> Any:
+    def run(inputs: List[torch.Tensor]) -> List[torch.Tensor]:
         nonlocal calls
         calls += 1
         if calls == 1:  # the forward pass
@@ -66,4 +70,3 @@ class ActivationCheckpointing:
     @torch.jit.unused
     def _forward_checkpointed(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         return checkpoint_activations(self._forward, features, self)
-

@@ -101,15 +101,14 @@ def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]
         out_features = None  # let the pyramid report what the bottom-up network produces
     try:
         with naming_keys(_EFFICIENTNET_KEYS):
-            bottom_up = EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
-                                             ec.DROP_PATH_RATE, ec.WEIGHTS)
+            return EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
+                                        ec.DROP_PATH_RATE, ec.WEIGHTS)
     except OptionError:
         raise
     except (OSError, ValueError) as e:
         if not ec.WEIGHTS:
             raise
         raise ValueError(f"MODEL.EFFICIENTNET.WEIGHTS={ec.WEIGHTS!r}: {e}") from e
-    return bottom_up
 
 
 def _bottom_up(cfg, input_shape: ShapeSpec, kind: str) -> Backbone:
