@@ -107,6 +107,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""  # local ImageNet weight file; "" = random init
     cfg.MODEL.EFFICIENTNET.NORM = "BN"  # Detectron2's names: "BN" | "FrozenBN" | "SyncBN" | "nnSyncBN"
     cfg.MODEL.EFFICIENTNET.DROP_PATH_RATE = 0.0  # stochastic depth (EfficientDet: 0.2)
+    # Activation checkpointing of each stage of blocks (as MODEL.BIFPN.CHECKPOINT_ACTIVATIONS):
+    # the bottom-up network holds most of a detector's activations.
+    cfg.MODEL.EFFICIENTNET.CHECKPOINT_ACTIVATIONS = False
 
     # --- MODEL.EFFICIENTDET: the "EfficientDet" meta-architecture (MODEL.META_ARCHITECTURE).
     # Defaults are effdet's (rwightman's EfficientDet) and the paper's; TEST.DETECTIONS_PER_IMAGE

@@ -1,6 +1,6 @@
-"""Activation checkpointing of the BiFPN cells and the EfficientDet class/box nets: the
-same outputs, gradients and norm statistics as without it, with fewer tensors kept for
-the backward pass."""
+"""Activation checkpointing of the EfficientNet stages, the BiFPN cells and the
+EfficientDet class/box nets: the same outputs, gradients and norm statistics as without
+it, with fewer tensors kept for the backward pass."""
 import copy
 from typing import Callable, Tuple
 
@@ -10,6 +10,7 @@ from _tiny_models import build_tiny_detector, tiny_efficientdet_cfg, training_in
 from test_bifpn_options import _bifpn
 
 from bifpn_d2.modeling.efficientdet_head import EfficientDetHead, PredictionNet
+from bifpn_d2.modeling.efficientnet import EfficientNetBackbone
 from bifpn_d2.modeling.pyramid_cell import PyramidCell
 
 
@@ -86,6 +87,22 @@ def test_checkpointed_prediction_nets_train_as_plain_ones():
     _assert_same_step(head, checkpointed, results, max_saved_fraction=0.2)
 
 
+@pytest.mark.parametrize("out_features", [["c3", "c4", "c5"], ["c2", "c4"]])
+def test_checkpointed_efficientnet_stages_train_as_plain_ones(out_features):
+    torch.manual_seed(0)
+    # stochastic depth: the recomputation must draw the same paths as the forward pass
+    model = EfficientNetBackbone("efficientnet_b0", out_features, drop_path_rate=0.2)
+    x = torch.randn(2, 3, 70, 97)
+
+    def loss(m):
+        outputs = m(x)
+        assert list(outputs) == out_features
+        return sum((o * torch.arange(o.shape[1]).view(1, -1, 1, 1)).square().mean() for o in outputs.values())
+
+    results, model, checkpointed = _step_both_ways(model, lambda m: m.set_grad_checkpointing(True), loss)
+    _assert_same_step(model, checkpointed, results, max_saved_fraction=0.2)  # the stem keeps its own
+
+
 def test_checkpointing_only_acts_in_training_with_gradients():
     torch.manual_seed(0)
     model = _bifpn()
@@ -111,9 +128,13 @@ def test_config_keys_turn_checkpointing_on():
     modules = [m for m in model.modules() if isinstance(m, (PyramidCell, PredictionNet))]
     assert modules and not any(m.grad_checkpointing for m in modules)
 
+    assert not model.backbone.bottom_up.grad_checkpointing
+
+    cfg.MODEL.EFFICIENTNET.CHECKPOINT_ACTIVATIONS = True
     cfg.MODEL.BIFPN.CHECKPOINT_ACTIVATIONS = True
     cfg.MODEL.EFFICIENTDET.CHECKPOINT_ACTIVATIONS = True
     checkpointed = build_tiny_detector("", cfg)
+    assert checkpointed.backbone.bottom_up.grad_checkpointing
     cells = [m for m in checkpointed.modules() if isinstance(m, PyramidCell)]
     nets = [m for m in checkpointed.modules() if isinstance(m, PredictionNet)]
     assert len(cells) == 2 and len(nets) == 2
@@ -126,5 +147,5 @@ def test_config_keys_turn_checkpointing_on():
         losses, saved = _saved_bytes(lambda m=m: sum(training_losses(m, inputs).values()))
         losses.backward()
         results.append((losses.detach(), saved))
-    _assert_same_step(model, checkpointed, results, max_saved_fraction=1.0)  # the EfficientNet keeps most
+    _assert_same_step(model, checkpointed, results, max_saved_fraction=0.3)  # the stem keeps its own
 

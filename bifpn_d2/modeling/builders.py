@@ -101,8 +101,10 @@ def _efficientnet(cfg, input_shape: ShapeSpec, out_features: Optional[List[str]]
         out_features = None  # let the pyramid report what the bottom-up network produces
     try:
         with naming_keys(_EFFICIENTNET_KEYS):
-            return EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
-                                        ec.DROP_PATH_RATE, ec.WEIGHTS)
+            bottom_up = EfficientNetBackbone(ec.NAME, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, ec.NORM,
+                                             ec.DROP_PATH_RATE, ec.WEIGHTS)
+        bottom_up.set_grad_checkpointing(ec.CHECKPOINT_ACTIVATIONS)
+        return bottom_up
     except OptionError:
         raise
     except (OSError, ValueError) as e:

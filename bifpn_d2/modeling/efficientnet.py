@@ -14,6 +14,7 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import nn
 
 from ..checkpoint import timm_pretrained_kwargs, unreadable
+from ..layers.activation_checkpointing import checkpoint_activations
 from ..layers.checks import check_choice
 
 __all__ = ["EFFICIENTNET_NAMES", "EFFICIENTNET_NORMS", "FEATURE_NAMES", "EfficientNetBackbone"]
@@ -29,7 +30,11 @@ FEATURE_NAMES = ("c1", "c2", "c3", "c4", "c5")  # strides 2..32, timm's feature 
 class EfficientNetBackbone(Backbone):
     """``(N, 3, H, W) -> {"c1": (N, C1, H/2, W/2), ..., "c5": (N, C5, H/32, W/32)}``
     (sizes rounded up), restricted to ``out_features``: only the stages up to the last of
-    them are built, and timm returns only those maps (its ``out_indices``)."""
+    them are built, and timm returns only those maps (its ``out_indices``).
+
+    ``set_grad_checkpointing(True)`` recomputes the activations of each stage of blocks
+    (``body.blocks[i]``; not the stem) in the backward pass of a training step: the same
+    outputs, gradients and norm statistics, less memory, more time."""
 
     def __init__(
         self,
@@ -84,12 +89,38 @@ class EfficientNetBackbone(Backbone):
         returned = {FEATURE_NAMES[d["index"]]: d for d in body.feature_info.get_dicts()}
         self._out_feature_channels = {n: returned[n]["num_chs"] for n in out_features}
         self._out_feature_strides = {n: returned[n]["reduction"] for n in out_features}
+        # The stage of blocks ("blocks.i" in timm's metadata) that ends each returned map.
+        self._output_stages = [int(returned[n]["module"].split(".")[1]) for n in out_features]
+        self.set_grad_checkpointing(False)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of each stage of blocks on or off
+        (``MODEL.EFFICIENTNET.CHECKPOINT_ACTIVATIONS`` in a config). timm's own option is
+        not used: its recomputation updates the batch-norm statistics a second time."""
+        self.grad_checkpointing = bool(enable)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if recompute and not torch.jit.is_scripting():
+            features = self._forward_checkpointed(x)
+        else:
+            features = self.body(x)
         outputs: Dict[str, torch.Tensor] = {}
-        for name, feature in zip(self._out_features, self.body(x)):
+        for name, feature in zip(self._out_features, features):
             outputs[name] = feature
         return outputs
+
+    @torch.jit.unused
+    def _forward_checkpointed(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``self.body(x)`` (timm's stem, then its stages of blocks in order), each stage
+        checkpointed."""
+        x = self.body.bn1(self.body.conv_stem(x))
+        features = []
+        for i, stage in enumerate(self.body.blocks):
+            x = checkpoint_activations(lambda maps, stage=stage: [stage(maps[0])], [x], stage)[0]
+            if i in self._output_stages:
+                features.append(x)
+        return features
 
 
 def _create_body(model_name: str, out_indices: List[int], drop_path_rate: float, weights: str) -> nn.Module:
