@@ -55,6 +55,7 @@ RETINANET_BIFPN = "configs/synthetic/RetinaNet-R18-BiFPN.yaml"
 STUDY_ARMS = ["retinanet/fpn", "retinanet/candidate", "faster_rcnn/fpn", "faster_rcnn/candidate",
               "retinanet/residual_scale1", "retinanet/residual_scale0.1", "retinanet/channel_fast_normalized",
               "retinanet/channel_softmax"]
+CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
 STEPS: List[Step] = [
@@ -82,6 +83,16 @@ STEPS: List[Step] = [
     Step("neck_study_references",
          _tool("neck_study", "--arms", "reference", "--seeds", "0", "1", "--output-dir", STUDY), STUDY,
          _outputs("neck_study", "neck_study_references", "md", "csv", "png"), (60, 180)),
+    Step("neck_study_retinanet_lr2_seeds23",
+         _tool("neck_study", "--arms", "retinanet/fpn", "retinanet/candidate", "retinanet/neck_lr2",
+               "--seeds", "2", "3", "--jobs", "2", "--output-dir", "output/docs/study_lr2_seeds23"),
+         "output/docs/study_lr2_seeds23",
+         _outputs("neck_study", "neck_study_retinanet_lr2_seeds23", "md", "csv", "png"), (25, 75)),
+    Step("neck_study_faster_rcnn_lr2",
+         _tool("neck_study", "--arms", "faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/neck_lr2",
+               "--seeds", "0", "1", "--jobs", "2", "--output-dir", "output/docs/study_frcnn_lr2"),
+         "output/docs/study_frcnn_lr2",
+         _outputs("neck_study", "neck_study_faster_rcnn_lr2", "md", "csv", "png"), (45, 120)),
     Step("fusion_weights",
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", STUDY_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),
@@ -96,6 +107,21 @@ STEPS: List[Step] = [
                "--threads", "1", "2", "--repeats", "5", "--warmup", "2",
                "--output-dir", "output/docs/efficientdet_race"),
          "output/docs/efficientdet_race", {"race.md": "efficientdet_race_cpu.md"}, (30, 90)),
+    *[Step(f"checkpointing_{name}",
+           _tool("benchmark_checkpointing",
+                 "--config-file", f"configs/EfficientDet/EfficientDet-{variant}.yaml",
+                 "--batch-sizes", *batches, *extra, "--output-dir", CHECKPOINTING,
+                 "--output-name", f"checkpointing_{name}"),
+           CHECKPOINTING, _outputs(f"checkpointing_{name}", f"checkpointing_{name}", "md", "csv"), minutes)
+      for name, variant, batches, extra, minutes in [
+          ("d0", "D0", ["1", "4"], [], (1, 3)),
+          ("d3", "D3", ["2"], [], (2, 6)),
+          ("d3_batch8", "D3", ["8"], ["--variants", "on", "--repeats", "2"], (3, 10)),  # too big without it
+      ]],
+    Step("profile_d0_cpu",
+         _tool("profile_model", "--variant", "D0", "--batch-sizes", "1", "8", "--threads", "1",
+               "--repeats", "5", "--output-dir", "output/docs/profile_d0"),
+         "output/docs/profile_d0", _outputs("profile", "profile_d0_cpu", "md", "csv"), (5, 15)),
     Step("efficientdet_race_compiled",
          _tool("efficientdet_race", "race", "--variants", "D0", "--batch-sizes", "1", "8", "--threads", "1",
                "--repeats", "3", "--warmup", "1", "--compiled", "--output-dir",

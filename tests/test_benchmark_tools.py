@@ -28,6 +28,7 @@ from benchmarks import (
     subject_config,
     time_models,
 )
+from benchmarks.checkpointing import checkpointing_rows
 from bifpn_d2 import BiFPN, EfficientNetBackbone, FrozenChannelFusion, FrozenFusion, fold_for_inference
 from bifpn_d2.engine.config import load_config
 from bifpn_d2.layers import WeightedFusion
@@ -237,6 +238,42 @@ def test_benchmark_of_a_backbone_name():
     rows = benchmark_device(cfg, "backbone", torch.device("cpu"), name, ["64"], [1], 1, 0, memory=False)
     assert rows[0]["name"] == "build_resnet_weighted_fpn_backbone"
     assert rows[0]["train_ms"] > 0 and "train_mem_MB" not in rows[0]
+
+
+# --------------------------------------------------------------------------- checkpointing
+def test_checkpointing_benchmark_measures_less_memory_with_the_keys_on(tmp_path):
+    out = tmp_path / "ckpt"
+    config = os.path.join(ROOT, "configs", "EfficientDet", "EfficientDet-D0.yaml")
+    args = ["--config-file", config, "--sizes", "96", "--batch-sizes", 2, "--repeats", 1, "--warmup", 0]
+    run_tool("benchmark_checkpointing", args + ["--threads", 1, "--output-dir", out, "--output-name", "d0"])
+    (row,) = read_csv(out / "d0.csv")
+    assert (row["size"], row["batch"]) == ("96x96", "2")
+    assert float(row["train_ms_off"]) > 0 and float(row["train_ms_on"]) > 0
+    # the stem alone keeps its activations: well under the plain step's peak
+    assert float(row["train_mem_MB_on"]) < 0.75 * float(row["train_mem_MB_off"])
+    assert float(row["mem_on_over_off"]) == pytest.approx(
+        float(row["train_mem_MB_on"]) / float(row["train_mem_MB_off"]), rel=1e-3)
+    assert "| EfficientDet-D0 |" in (out / "d0.md").read_text()
+
+
+@pytest.mark.parametrize("tool", ["benchmark", "benchmark_checkpointing"])
+def test_benchmark_tools_refuse_a_bad_config_value_in_one_line(tool, tmp_path):
+    config = os.path.join(ROOT, "configs", "EfficientDet", "EfficientDet-D0.yaml")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), "--config-file", config,
+         "--output-dir", str(tmp_path / "out"), "MODEL.BIFPN.CHECKPOINT_ACTIVATIONS", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"{tool}.py: error: config key MODEL.BIFPN.CHECKPOINT_ACTIVATIONS on the command line "
+                    "expects a value of type bool, got '2'")
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_checkpointing_benchmark_refuses_an_unknown_variant(tiny_config):
+    with pytest.raises(ValueError, match="among \\['off', 'on'\\]"):
+        checkpointing_rows(subject_config(tiny_config), "tiny", ["64"], [1], 1, 0, torch.device("cpu"),
+                           variants=["half"])
 
 
 # --------------------------------------------------------------------------- neck race

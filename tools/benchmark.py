@@ -48,6 +48,7 @@ from benchmarks import (
     write_csv,
     write_text,
 )
+from bifpn_d2.engine import ConfigError
 
 COLUMNS = [
     "name",
@@ -104,7 +105,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
     logging.getLogger("timm").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    cfg = subject_config(args.config_file, args.opts, args.backbone)
+    try:
+        cfg = subject_config(args.config_file, args.opts, args.backbone)
+    except ConfigError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     name = describe(cfg, args.config_file)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
