@@ -34,7 +34,7 @@ class EfficientNetBackbone(Backbone):
 
     ``set_grad_checkpointing(True)`` recomputes the activations of each stage of blocks
     (``body.blocks[i]``; not the stem) in the backward pass of a training step: the same
-    outputs, gradients and norm statistics, less memory, more time."""
+    outputs, gradients and norm statistics, less memory, each stage's forward run twice."""
 
     def __init__(
         self,
