@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Where trained R-CNNs lose objects of one size: proposal recall and the box head on
+ground-truth boxes, per COCO size bucket (see benchmarks.object_sizes).
+
+    python tools/diagnose_object_sizes.py --dataset synthetic_shapes_dev \\
+        --run FPN=output/neck_study/faster_rcnn/fpn/seed0 \\
+        --run BiFPN=output/neck_study/faster_rcnn/candidate/seed0 --output-dir output/sizes
+
+Each ``--run LABEL=DIR`` is a training output directory holding ``config.yaml`` and
+``model_final.pth``. Writes ``object_sizes.md`` and ``object_sizes.csv`` to
+``--output-dir`` and prints the table.
+"""
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+import bifpn_d2  # noqa: F401  (registers the backbones and the built-in datasets)
+from benchmarks import markdown_table, write_csv, write_text
+from benchmarks.object_sizes import size_diagnosis
+from bifpn_d2.engine import ConfigError
+from bifpn_d2.engine.config import load_config
+
+
+def _run(text: str):
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise argparse.ArgumentTypeError(f"--run takes LABEL=DIR, got {text!r}")
+    return label, folder
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=_run, action="append", required=True, metavar="LABEL=DIR")
+    parser.add_argument("--dataset", default="synthetic_shapes_dev", help="a registered dataset")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output-dir", default="output/object_sizes")
+    args = parser.parse_args(argv)
+    from detectron2.data import DatasetCatalog
+
+    if args.dataset not in DatasetCatalog.list():
+        parser.error(f"--dataset {args.dataset!r} is not registered")
+    models = []
+    for label, folder in args.run:
+        config, weights = os.path.join(folder, "config.yaml"), os.path.join(folder, "model_final.pth")
+        for path in (config, weights):
+            if not os.path.isfile(path):
+                parser.error(f"--run {label}={folder}: no {os.path.basename(path)} there")
+        try:
+            cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights])
+        except ConfigError as e:
+            parser.error(f"--run {label}: {e}")
+        if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or not cfg.MODEL.ROI_HEADS.NAME:
+            parser.error(f"--run {label}: {cfg.MODEL.META_ARCHITECTURE} is not an R-CNN (GeneralizedRCNN)")
+        models.append((label, cfg))
+    logging.getLogger("timm").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for label, cfg in models:
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        print(f"{label}: {args.dataset} ...", flush=True)
+        rows += [{"run": label, **row} for row in size_diagnosis(model, cfg, args.dataset)]
+    text = (f"# Proposals and box head by object size: {args.dataset}\n\n"
+            "recall@t: ground-truth boxes that a test-time RPN proposal overlaps at IoU >= t (%); "
+            "oracle_*: the box head on the ground-truth boxes as proposals: top class right (%), "
+            "mean probability of the true class (%), mean IoU of the regressed box.\n\n"
+            + markdown_table(rows, digits=3))
+    print("\n" + text)
+    write_csv(rows, os.path.join(args.output_dir, "object_sizes.csv"))
+    write_text(text, os.path.join(args.output_dir, "object_sizes.md"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
