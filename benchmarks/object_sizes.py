@@ -22,6 +22,7 @@ from typing import Any, Dict, List
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
+from detectron2.structures.boxes import matched_pairwise_iou
 
 __all__ = ["SIZE_BUCKETS", "size_bucket", "size_diagnosis"]
 
@@ -38,9 +39,9 @@ def size_bucket(area: float) -> str:
 
 
 def _ground_truth(record: Dict[str, Any], scale_x: float, scale_y: float):
-    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]
-             if not a.get("iscrowd", 0)]
-    classes = [a["category_id"] for a in record["annotations"] if not a.get("iscrowd", 0)]
+    annotations = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+    classes = [a["category_id"] for a in annotations]
     original = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     areas = (original[:, 2] - original[:, 0]) * (original[:, 3] - original[:, 1])
     scaled = original * torch.tensor([scale_x, scale_y, scale_x, scale_y])
@@ -85,7 +86,7 @@ def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[
         regressed = roi_heads.box_predictor.predict_boxes((logits, deltas), [oracle])[0]
         regressed = regressed.view(len(gt_boxes), -1, 4)  # (boxes, classes or 1, 4)
         true_box = regressed[rows, gt_classes] if regressed.shape[1] > 1 else regressed[:, 0]
-        iou = pairwise_iou(Boxes(true_box), Boxes(gt_boxes))[rows, rows]
+        iou = matched_pairwise_iou(Boxes(true_box), Boxes(gt_boxes))
 
         for i, area in enumerate(areas.tolist()):
             for bucket in (size_bucket(area), "all"):

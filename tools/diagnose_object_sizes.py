@@ -21,11 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 import bifpn_d2  # noqa: F401  (registers the backbones and the built-in datasets)
 from benchmarks import markdown_table, write_csv, write_text
 from benchmarks.object_sizes import size_diagnosis
+from bifpn_d2.checkpoint import check_detectron2_checkpoint
 from bifpn_d2.engine import ConfigError
 from bifpn_d2.engine.config import load_config
 
@@ -45,8 +47,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output-dir", default="output/object_sizes")
     args = parser.parse_args(argv)
-    from detectron2.data import DatasetCatalog
-
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
     if args.dataset not in DatasetCatalog.list():
         parser.error(f"--dataset {args.dataset!r} is not registered")
     models = []
@@ -56,8 +58,9 @@ def main(argv=None):
             if not os.path.isfile(path):
                 parser.error(f"--run {label}={folder}: no {os.path.basename(path)} there")
         try:
+            check_detectron2_checkpoint(weights)
             cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights])
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:
             parser.error(f"--run {label}: {e}")
         if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or not cfg.MODEL.ROI_HEADS.NAME:
             parser.error(f"--run {label}: {cfg.MODEL.META_ARCHITECTURE} is not an R-CNN (GeneralizedRCNN)")
