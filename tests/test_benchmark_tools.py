@@ -465,3 +465,14 @@ def test_size_diagnosis_tool_refuses_a_folder_without_a_trained_model(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(f"--run FPN={tmp_path}: no config.yaml there")
     assert not (tmp_path / "out").exists()
+
+
+def test_size_diagnosis_tool_refuses_a_corrupt_weight_file(tmp_path):
+    (tmp_path / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: GeneralizedRCNN\n")
+    (tmp_path / "model_final.pth").write_bytes(b"not a checkpoint")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "diagnose_object_sizes.py"), "--run", f"FPN={tmp_path}",
+         "--output-dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "is not a readable checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
