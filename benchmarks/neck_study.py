@@ -193,6 +193,8 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"GRAPH": "qufpn"}),
     ("neck_lr2", "schedule", "the candidate with the neck's learning rate doubled (MODEL.BIFPN.LR_FACTOR 2)",
      {"LR_FACTOR": "2.0"}),
+    ("neck_lr2_top_efficientdet", "schedule", "neck_lr2 with EfficientDet's max-pool top block (each ahead "
+     "of the candidate on Faster R-CNN's dev split)", {"LR_FACTOR": "2.0", "TOP_BLOCK": "efficientdet"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
