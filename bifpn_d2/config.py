@@ -71,9 +71,11 @@ def add_bifpn_config(cfg: CN) -> CN:
     # checkpoints (both False by default).
     cfg.MODEL.BIFPN.SAME_PADDING = BIFPN_STYLE.same_padding
     cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = BIFPN_STYLE.bias_before_norm
-    # Levels above the last input: "p6p7_c5" (RetinaNet's strided 3x3 convs from the last
-    # input, learned; one level, P6, for R-CNN pyramids) or "efficientdet" (1x1 conv + norm +
-    # max-pools, EfficientDet's).
+    # Levels above the last input, made before the cells (which fuse them): "p6p7_c5"
+    # (RetinaNet's strided 3x3 convs from the last input, learned; one level, P6, for R-CNN
+    # pyramids) or "efficientdet" (1x1 conv + norm + max-pools, EfficientDet's); or made
+    # after the cells from their last output: "maxpool" (P6 only, as Detectron2's FPN makes
+    # Faster R-CNN's) or "p6p7_p5" (FCOS's strided convs from P5).
     cfg.MODEL.BIFPN.TOP_BLOCK = "p6p7_c5"
     # Cell convs: "xavier_uniform" | "c2_xavier" (Detectron2's FPN).
     cfg.MODEL.BIFPN.CONV_INIT = _CELL.conv_init  # "xavier_uniform"

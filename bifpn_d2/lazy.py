@@ -18,12 +18,12 @@ Top blocks (the levels above the last input):
 - :func:`use_weighted_fpn` keeps Detectron2's ``LastLevelMaxPool`` / ``LastLevelP6P7`` as
   they are (our FPN runs them as Detectron2's does, from ``res5`` or from ``p5`` as FCOS):
   with ``fuse_type="sum"`` the parameter names are Detectron2's and its checkpoints load.
-- :func:`use_bifpn` replaces them by the BiFPN's own top block over the *last bottom-up
-  level* (``top_block_type``: ``"p6p7_c5"``, strided 3x3 convs, the default of
-  ``MODEL.BIFPN.TOP_BLOCK``; or ``"efficientdet"``, 1x1 conv + norm + max-pools), making
-  as many levels (P6 for ``LastLevelMaxPool``, P6-P7 for ``LastLevelP6P7``). Its cells
-  start from all levels at once, so the extra levels cannot be read from the pyramid's own
-  ``p5``: FCOS's P6/P7-from-P5 become P6/P7 from ``res5`` too.
+- :func:`use_bifpn` replaces them by the BiFPN's own top block (``top_block_type``, the
+  values of ``MODEL.BIFPN.TOP_BLOCK``), making as many levels (P6 for ``LastLevelMaxPool``,
+  P6-P7 for ``LastLevelP6P7``). The default, ``"p6p7_c5"`` (strided 3x3 convs over the
+  *last bottom-up level*, like ``"efficientdet"``: 1x1 conv + norm + max-pools), makes
+  them before the cells, which fuse them; ``"maxpool"`` and ``"p6p7_p5"`` make them after
+  the cells from the pyramid's own last level, as Detectron2's FPN does.
 """
 from dataclasses import asdict
 from typing import Any, Sequence
@@ -65,7 +65,8 @@ def bifpn_backbone(
     """A :class:`BiFPN` over ``in_features`` of ``bottom_up`` with ``extra_levels`` levels
     above the last of them, made as ``MODEL.BIFPN.TOP_BLOCK`` says (``top_block_type``:
     ``"p6p7_c5"``, strided convs from the last input, up to 2 levels; ``"efficientdet"``,
-    1x1 conv + max-pools): the target :func:`use_bifpn` gives ``model.backbone``, since
+    1x1 conv + max-pools; ``"maxpool"`` or ``"p6p7_p5"`` from the cells' last output):
+    the target :func:`use_bifpn` gives ``model.backbone``, since
     the last input level is known only once the bottom-up network is built. ``num_cells``,
     ``cell`` and ``style``: as :class:`BiFPN`'s."""
     check_choice("top_block_type", top_block_type, BIFPN_TOP_BLOCKS)

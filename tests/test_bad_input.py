@@ -76,6 +76,7 @@ INVALID_CONFIGS = [
     (RETINA_BIFPN, {"MODEL.BIFPN.CONV_INIT": "kaiming"}, "MODEL.BIFPN.CONV_INIT", "'c2_xavier'"),
     (RETINA_BIFPN, {"MODEL.BIFPN.TOP_BLOCK": "p6p7_c5", "MODEL.BIFPN.MAX_LEVEL": 8}, "MODEL.BIFPN.MAX_LEVEL",
      "use 'efficientdet'"),
+    (RETINA_BIFPN, {"MODEL.BIFPN.TOP_BLOCK": "maxpool"}, "MODEL.BIFPN.TOP_BLOCK", "at most 1 level(s)"),
     (RCNN_FPN, {"MODEL.FPN.TOP_BLOCK": "p7"}, "MODEL.FPN.TOP_BLOCK", "'p6p7_c5'"),
     (RCNN_FPN, {"MODEL.FPN.FUSE_TYPE": "max"}, "MODEL.FPN.FUSE_TYPE", "'softmax'"),
     (RCNN_FPN, {"MODEL.FPN.NORM": "none"}, "MODEL.FPN.NORM", "'FrozenBN'"),

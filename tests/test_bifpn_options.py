@@ -9,7 +9,14 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-from bifpn_d2 import BiFPN, CellOptions, ConvP6P7TopBlock, EfficientDetTopBlock, EfficientNetBackbone
+from bifpn_d2 import (
+    BiFPN,
+    CellOptions,
+    ConvP6P7TopBlock,
+    EfficientDetTopBlock,
+    EfficientNetBackbone,
+    MaxPoolTopBlock,
+)
 from bifpn_d2.config import add_bifpn_config
 from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS, LayerStyle
 from bifpn_d2.modeling.bifpn import BIFPN_STYLE, CONV_INITS
@@ -91,6 +98,26 @@ def test_conv_top_block_makes_p6_p7_from_c5():
     everywhere (checked by _train_step), and the convs read c5."""
     model = _train_step(top_block=ConvP6P7TopBlock(24, 16, "c5"))
     assert model.max_level == 7 and model.top_block.p6.in_channels == 24
+
+
+def test_top_blocks_after_the_cells_read_the_cells_output():
+    """A top block that reads ``p5`` runs after the cells, on their output, and the cells
+    span P3-P5 only: FCOS's P6/P7 from P5 train at odd sizes, Faster R-CNN's P6 is the
+    cells' P5 subsampled, exactly."""
+    model = _train_step(top_block=ConvP6P7TopBlock(16, 16, "p5"))
+    assert model.top_after_cells and model.top_block.p6.in_channels == 16
+    torch.manual_seed(0)
+    model = BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, top_block=MaxPoolTopBlock("p5"))
+    assert model.top_after_cells and model.max_level == 6
+    assert len(model.cells[0].output_ids) == 3  # P3-P5
+    outputs = model(torch.randn(1, 3, 201, 149))
+    assert list(outputs) == ["p3", "p4", "p5", "p6"] and outputs["p6"].shape[-2:] == (4, 3)
+    assert torch.equal(outputs["p6"], outputs["p5"][:, :, ::2, ::2])
+    scripted = torch.jit.script(model.eval())  # the export path takes the same branch
+    x = torch.randn(1, 3, 96, 64)
+    assert torch.equal(scripted(x)["p6"], model(x)["p6"])
+    with pytest.raises(ValueError, match="reads 'p7'"):
+        BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, top_block=MaxPoolTopBlock("p7"))
 
 
 def test_residual_cells_start_as_the_identity():

@@ -13,6 +13,8 @@ BIFPN_VARIANTS = [  # options that change what the BiFPN builder makes
     ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5"}),  # one conv level: P6
     ("build_retinanet_resnet_bifpn_backbone", {"CONV_INIT": "c2_xavier"}),
     ("build_retinanet_resnet_bifpn_backbone", {"RESIDUAL": True, "TOP_BLOCK": "p6p7_c5"}),
+    ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "maxpool"}),  # P6 from the cells' P5, after them
+    ("build_retinanet_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_p5"}),
 ]
 
 
@@ -92,7 +94,7 @@ def test_bifpn_level_ranges(graph, max_level):
     cfg.MODEL.BIFPN.GRAPH = graph
     cfg.MODEL.BIFPN.MAX_LEVEL = max_level
     if max_level == 8:
-        with pytest.raises(ValueError, match="'p6p7_c5' makes at most 2 levels.*use 'efficientdet'"):
+        with pytest.raises(ValueError, match="'p6p7_c5' makes at most 2 level.*use 'efficientdet'"):
             BACKBONE_REGISTRY.get("build_resnet_bifpn_backbone")(cfg, ShapeSpec(channels=3))
         cfg.MODEL.BIFPN.TOP_BLOCK = "efficientdet"
     backbone = BACKBONE_REGISTRY.get("build_resnet_bifpn_backbone")(cfg, ShapeSpec(channels=3))

@@ -64,10 +64,13 @@ class BiFPN(PyramidBackbone):
             out_channels: width W of every pyramid level.
             num_cells: how many times the cell is repeated (depth D).
             top_block: makes the levels above the last input (Detectron2's protocol:
-                ``in_feature`` names a bottom-up output, ``num_levels`` how many levels it
-                adds), with ``out_channels`` channels: e.g. :class:`ConvP6P7TopBlock` from
-                ``"res5"`` (RetinaNet's, learned) or :class:`EfficientDetTopBlock`
-                (1x1 conv + max-pools). None: the pyramid ends at the last input.
+                ``in_feature`` names the map it reads, ``num_levels`` how many levels it
+                adds), with ``out_channels`` channels. From a bottom-up output, before
+                the cells, which then fuse its levels too: e.g. :class:`ConvP6P7TopBlock`
+                from ``"res5"`` (RetinaNet's, learned) or :class:`EfficientDetTopBlock`
+                (1x1 conv + max-pools). From an output of the cells (``"p5"``), after
+                them: e.g. :class:`MaxPoolTopBlock` (Faster R-CNN's P6, as Detectron2's
+                FPN makes it). None: the pyramid ends at the last input.
             cell: how the cells fuse, convolve and initialise (see :class:`CellOptions`).
             style: norms, conv biases and max-pool padding of every layer of the neck
                 (see :class:`~bifpn_d2.layers.LayerStyle`).
@@ -76,19 +79,29 @@ class BiFPN(PyramidBackbone):
         check_positive("num_cells", num_cells)
         check_choice("conv_init", cell.conv_init, CONV_INITS)
         levels = pyramid_levels(bottom_up, in_features)
-        num_extra = top_block.num_levels if top_block is not None else 0  # levels made by the top block
-        if levels[-1] + num_extra - levels[0] + 1 < 3:
-            hint = "" if top_block is not None else " (give a top_block to add levels above the inputs)"
-            last = levels[-1] + num_extra
-            raise ValueError(f"BiFPN needs at least 3 levels, got P{levels[0]}-P{last}{hint}")
-        super().__init__(bottom_up, in_features, out_channels, num_extra, size_divisibility)
         in_shapes = bottom_up.output_shape()
+        num_extra = top_block.num_levels if top_block is not None else 0  # levels made by the top block
+        # A top block reading a bottom-up map runs before the cells and its levels are fused
+        # in them; one reading a cell output (p5) runs after them, on that output.
+        after_cells = top_block is not None and top_block.in_feature not in in_shapes
+        cell_max_level = levels[-1] + (0 if after_cells else num_extra)
+        if cell_max_level - levels[0] + 1 < 3:
+            hint = "" if top_block is not None else " (give a top_block to add levels above the inputs)"
+            if after_cells:
+                hint = f" (the top block reads {top_block.in_feature!r}, after the cells)"
+            raise ValueError(f"BiFPN cells need at least 3 levels, got P{levels[0]}-P{cell_max_level}{hint}")
+        super().__init__(bottom_up, in_features, out_channels, num_extra, size_divisibility)
         in_channels = [in_shapes[f].channels for f in in_features]
-        self.check_top_block(top_block, list(in_shapes))
+        cell_outputs = [f"p{level}" for level in range(levels[0], levels[-1] + 1)]
+        self.check_top_block(top_block, list(in_shapes) + cell_outputs)
         self.top_block = top_block
-        in_channels += [out_channels] * num_extra
+        self.top_after_cells = after_cells
+        # The index of the cell output the top block reads (-1: it reads a bottom-up map).
+        self._top_source = cell_outputs.index(top_block.in_feature) if after_cells else -1
+        if not after_cells:
+            in_channels += [out_channels] * num_extra
 
-        nodes = build_graph(cell.graph, self.min_level, self.max_level)
+        nodes = build_graph(cell.graph, self.min_level, cell_max_level)
         self.cells = nn.ModuleList()
         for _ in range(num_cells):
             self.cells.append(PyramidCell(nodes, self.min_level, in_channels, out_channels, cell, style))
@@ -129,10 +142,12 @@ class BiFPN(PyramidBackbone):
         """The neck's work on the bottom-up network's outputs (top block, then the cells):
         ``forward`` without the bottom-up pass, e.g. to time the neck alone."""
         features: List[torch.Tensor] = [bottom_up_features[name] for name in self.in_features]
-        if self.top_block is not None:
+        if self.top_block is not None and not self.top_after_cells:
             features = features + self.top_block(bottom_up_features[self.top_block.in_feature])
         if self.channels_last:
             features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         for cell in self.cells:
             features = cell(features)
+        if self.top_block is not None and self.top_after_cells:
+            features = features + self.top_block(features[self._top_source])
         return self.named_outputs(features)

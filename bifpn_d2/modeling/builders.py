@@ -48,8 +48,11 @@ class Flavour:
 
 
 FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
-# MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5.
-BIFPN_TOP_BLOCKS = ("efficientdet", "p6p7_c5")
+# MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5
+# (before the cells, which fuse their levels), or, after the cells from their last output,
+# Faster R-CNN's max-pooled P6 or FCOS's strided convs; with the most levels each can make.
+BIFPN_TOP_BLOCK_LEVELS = {"efficientdet": 6, "p6p7_c5": 2, "maxpool": 1, "p6p7_p5": 2}
+BIFPN_TOP_BLOCKS = tuple(BIFPN_TOP_BLOCK_LEVELS)
 
 # Where each BiFPN argument comes from: CellOptions / LayerStyle field -> config key. The
 # builder reads the keys through these tables, and names the key when a constructor
@@ -203,9 +206,11 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
             f"within P2-P8: allowed values: {[0] + allowed} (0 = P{default_max})"
         )
     num_extra = max_level - levels[-1]
-    if bc.TOP_BLOCK == "p6p7_c5" and num_extra > 2:
-        raise ValueError(f"MODEL.BIFPN.TOP_BLOCK='p6p7_c5' makes at most 2 levels above the last input, "
-                         f"MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; use 'efficientdet' for more")
+    most = BIFPN_TOP_BLOCK_LEVELS[bc.TOP_BLOCK]
+    if num_extra > most:
+        raise ValueError(f"MODEL.BIFPN.TOP_BLOCK={bc.TOP_BLOCK!r} makes at most {most} level(s) above the "
+                         f"last input, MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; "
+                         "use 'efficientdet' for more")
     top_block = None
     if num_extra > 0:
         top_block = make_top_block(bc.TOP_BLOCK, bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, num_extra,
