@@ -181,6 +181,8 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "(output norm scales 0.1)", {"RESIDUAL_SCALE": "0.1"}),
     ("top_efficientdet", "top block", "the candidate with EfficientDet's max-pool top block",
      {"TOP_BLOCK": "efficientdet"}),
+    ("top_maxpool", "top block", "the candidate with P6 max-pooled from the cells' P5, after them "
+     "(the top block of the FPN's R-CNN pyramids; one level only)", {"TOP_BLOCK": "maxpool"}),
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
     ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
@@ -202,6 +204,8 @@ def _pair_arms(pair: Pair) -> List[Arm]:
     for name, group, question, changes in _PAIR_ARMS:
         if pair.name == "semantic_fpn" and "TOP_BLOCK" in changes:
             continue  # P2-P5: no level above the last input, no top block
+        if pair.name == "retinanet" and name == "top_maxpool":
+            continue  # P6 and P7: more levels than a max-pool of P5 makes
         if pair.name == "retinanet" and name == "shipped":
             continue  # RetinaNet shipped the candidate already
         overrides = dict(BIFPN_AFTER)
