@@ -66,9 +66,9 @@ def bifpn_backbone(
     above the last of them, made as ``MODEL.BIFPN.TOP_BLOCK`` says (``top_block_type``:
     ``"p6p7_c5"``, strided convs from the last input, up to 2 levels; ``"efficientdet"``,
     1x1 conv + max-pools; ``"maxpool"`` or ``"p6p7_p5"`` from the cells' last output):
-    the target :func:`use_bifpn` gives ``model.backbone``, since
-    the last input level is known only once the bottom-up network is built. ``num_cells``,
-    ``cell`` and ``style``: as :class:`BiFPN`'s."""
+    the target :func:`use_bifpn` gives ``model.backbone``, since the last input level is
+    known only once the bottom-up network is built. ``num_cells``, ``cell`` and ``style``:
+    as :class:`BiFPN`'s."""
     check_choice("top_block_type", top_block_type, BIFPN_TOP_BLOCKS)
     top_block = None
     if extra_levels > 0:

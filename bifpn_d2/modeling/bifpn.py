@@ -86,9 +86,12 @@ class BiFPN(PyramidBackbone):
         after_cells = top_block is not None and top_block.in_feature not in in_shapes
         cell_max_level = levels[-1] + (0 if after_cells else num_extra)
         if cell_max_level - levels[0] + 1 < 3:
-            hint = "" if top_block is not None else " (give a top_block to add levels above the inputs)"
-            if after_cells:
+            if top_block is None:
+                hint = " (give a top_block to add levels above the inputs)"
+            elif after_cells:
                 hint = f" (the top block reads {top_block.in_feature!r}, after the cells)"
+            else:
+                hint = ""
             raise ValueError(f"BiFPN cells need at least 3 levels, got P{levels[0]}-P{cell_max_level}{hint}")
         super().__init__(bottom_up, in_features, out_channels, num_extra, size_divisibility)
         in_channels = [in_shapes[f].channels for f in in_features]

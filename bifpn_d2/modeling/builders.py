@@ -50,7 +50,8 @@ class Flavour:
 FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5
 # (before the cells, which fuse their levels), or, after the cells from their last output,
-# Faster R-CNN's max-pooled P6 or FCOS's strided convs; with the most levels each can make.
+# Faster R-CNN's max-pooled P6 or FCOS's strided convs; with the most levels each can make
+# (EfficientDet's: as many as P2-P8 leave, 6).
 BIFPN_TOP_BLOCK_LEVELS = {"efficientdet": 6, "p6p7_c5": 2, "maxpool": 1, "p6p7_p5": 2}
 BIFPN_TOP_BLOCKS = tuple(BIFPN_TOP_BLOCK_LEVELS)
 
