@@ -63,10 +63,12 @@ class Run:
     seed: int = 0
     # The metric that ranks runs: "bbox/AP", "segm/AP", "sem_seg/mIoU", ...
     primary: str = "bbox/AP"
+    # The test dataset that ranks runs, its progress line and its curve (None: the only one).
+    dataset: Optional[str] = None
     # Final evaluation, in %: "<task>/<metric>" with one test dataset, else
     # "<dataset>/<task>/<metric>" (Detectron2's keys in metrics.json).
     metrics: Dict[str, float] = field(default_factory=dict)
-    # (iteration, primary metric on the first test dataset) of every evaluation
+    # (iteration, primary metric on ``dataset``) of every evaluation
     ap_curve: List[Tuple[int, float]] = field(default_factory=list)
     iterations: List[int] = field(default_factory=list)
     losses: List[float] = field(default_factory=list)
@@ -91,7 +93,8 @@ class Run:
 
     def value(self, metric: str, dataset: Optional[str] = None) -> float:
         """``metric`` ("bbox/AP", ...) of the final evaluation on ``dataset`` (None: the only
-        or first test dataset); NaN if it was not measured."""
+        test dataset; of several, the first key in ``metrics.json``, which sorts its keys);
+        NaN if it was not measured."""
         if dataset is not None and f"{dataset}/{metric}" in self.metrics:
             return self.metrics[f"{dataset}/{metric}"]
         if dataset is None or metric in self.metrics:  # one test dataset: keys without its name
@@ -159,8 +162,7 @@ def read_metrics(run: Run) -> Run:
             evaluation = {k: float(v) for k, v in record.items() if _is_evaluation_key(k)}
             if evaluation:
                 run.metrics = evaluation
-                first = next((v for k, v in evaluation.items() if k.endswith(run.primary)), math.nan)
-                run.ap_curve.append((iteration + 1, first))
+                run.ap_curve.append((iteration + 1, run.value(run.primary, run.dataset)))
             for key, value in record.items():
                 if key.startswith("fusion/"):
                     run.scalars.setdefault(key, []).append((iteration + 1, float(value)))
@@ -242,7 +244,7 @@ def run_all(
             left = len(queue) + len(running)
             eta = sum(durations) / len(durations) * left / max(1, min(jobs, left)) if left else 0.0
             say(
-                f"done {run.label} seed {run.seed}: {run.primary} {run.value(run.primary):.1f} "
+                f"done {run.label} seed {run.seed}: {run.primary} {run.value(run.primary, run.dataset):.1f} "
                 f"({len(todo) - left}/{len(todo)} trained, {(time.perf_counter() - start) / 60:.1f} min; "
                 f"about {eta / 60:.0f} min to go)"
             )
@@ -416,9 +418,10 @@ def compare_necks(
             raise ConfigError(f"cannot build the {neck} model of {config_file}: {e}") from None
     output_dir = Path(output_dir).resolve()
     primary = primary_metric(cfg)
+    datasets: List[Optional[str]] = list(cfg.DATASETS.TEST) if len(cfg.DATASETS.TEST) > 1 else [None]
     runs = {
         neck: [Run(neck, config_file, output_dir / neck.lower() / f"seed{seed}", tuple(neck_opts), seed,
-                   primary=primary) for seed in seeds]
+                   primary=primary, dataset=datasets[0]) for seed in seeds]
         for neck, neck_opts in necks.items()
     }
     if overwrite:
@@ -427,7 +430,6 @@ def compare_necks(
     say(f"FPN vs BiFPN ({switched}) x seeds {list(seeds)}: {jobs} at a time, {threads} thread(s) each")
     run_all(sum(runs.values(), []), jobs, threads, say)
 
-    datasets: List[Optional[str]] = list(cfg.DATASETS.TEST) if len(cfg.DATASETS.TEST) > 1 else [None]
     rows = summarize(runs, "FPN", primary, datasets)
     for row in rows:
         row.update(costs[str(row["model"])])

@@ -476,3 +476,20 @@ def test_size_diagnosis_tool_refuses_a_corrupt_weight_file(tmp_path):
     assert result.returncode == 2
     assert "is not a readable checkpoint" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_run_is_ranked_and_plotted_on_its_own_dataset(tmp_path):
+    """With several test datasets, a run's curve and progress value are those of the
+    dataset it was given, not of whichever key sorts first in ``metrics.json``."""
+    from benchmarks.comparison import Run, read_metrics
+
+    records = [
+        {"iteration": 9, "total_loss": 1.0, "a_dev/bbox/AP": 10.0, "b_val/bbox/AP": 20.0},
+        {"iteration": 19, "total_loss": 0.5, "a_dev/bbox/AP": 11.0, "b_val/bbox/AP": 22.0},
+    ]
+    (tmp_path / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = read_metrics(Run("BiFPN", "unused.yaml", tmp_path, dataset="b_val"))
+    assert run.ap_curve == [(10, 20.0), (20, 22.0)]
+    assert run.value(run.primary, run.dataset) == 22.0
+    on_dev = read_metrics(Run("BiFPN", "unused.yaml", tmp_path, dataset="a_dev"))
+    assert on_dev.ap_curve == [(10, 10.0), (20, 11.0)]
