@@ -183,9 +183,14 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"TOP_BLOCK": "efficientdet"}),
     ("top_maxpool", "top block", "the candidate with P6 max-pooled from the cells' P5, after them "
      "(the top block of the FPN's R-CNN pyramids; one level only)", {"TOP_BLOCK": "maxpool"}),
+    ("top_p6p7_p5", "top block", "the candidate with P6/P7 by strided convs from the cells' P5, after them "
+     "(FCOS's top block: the coarsest levels pass through no cell and no norm, as the FPN's)",
+     {"TOP_BLOCK": "p6p7_p5"}),
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
     ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
+    ("norm_ln", "norm", "the candidate with LN (over channels at each pixel) instead of GN: no statistics "
+     "over a coarse level's few pixels", {"NORM": "LN"}),
     ("channel_fast_normalized", "fusion",
      "the candidate with google/automl's channel-wise fast normalized fusion",
      {"FUSE_TYPE": "channel_fast_normalized"}),
@@ -248,6 +253,7 @@ def arm_runs(
                 tuple(base_opts) + tuple(arm.opts()) + tuple(schedule(arm)),
                 seed,
                 primary=PAIRS[arm.pair].primary,
+                dataset=PAIRS[arm.pair].test_datasets()[0],  # dev: where the study chooses
             ),
         )
         for arm in arms
