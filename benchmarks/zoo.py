@@ -105,8 +105,9 @@ def standard_size(cfg: CfgNode, override: Optional[str]) -> List[int]:
     return [short, max(short, long)]
 
 
-def last_ap(output_dir: str) -> Optional[float]:
-    """The last ``bbox/AP`` logged in ``output_dir/metrics.json``, or None."""
+def last_ap(output_dir: str, dataset: str = "") -> Optional[float]:
+    """The last ``bbox/AP`` logged in ``output_dir/metrics.json``, or None. A run evaluated
+    on several datasets logs ``<dataset>/bbox/AP`` for each: then ``dataset``'s."""
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return None
@@ -117,8 +118,12 @@ def last_ap(output_dir: str) -> Optional[float]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "bbox/AP" in record:
-                ap = float(record["bbox/AP"])
+            if not isinstance(record, dict):
+                continue
+            for key in (f"{dataset}/bbox/AP", "bbox/AP"):
+                if key in record:
+                    ap = float(record[key])
+                    break
     return ap
 
 
@@ -136,8 +141,9 @@ def find_ap(
     candidates += [os.path.join(results_root, relative), os.path.join(results_root, name)]
     if cfg.OUTPUT_DIR not in ("./output", "output", ""):
         candidates.append(cfg.OUTPUT_DIR)
+    dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else ""
     for directory in candidates:
-        ap = last_ap(directory)
+        ap = last_ap(directory, dataset)
         if ap is not None:
             return ap, directory
     return None, ""

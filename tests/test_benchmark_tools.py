@@ -338,6 +338,17 @@ def test_model_zoo_rows(tiny_config, results_root, tmp_path):
     assert all(r["gflops"] > 0 and r["latency_ms"] > 0 for r in rows)
 
 
+def test_model_zoo_ap_of_a_run_evaluated_on_several_datasets(tmp_path):
+    """Such a run logs one AP per dataset: the config's first test dataset's is taken."""
+    from benchmarks.zoo import last_ap
+
+    record = {"iteration": 10, "a_transfer/bbox/AP": 40.0, "b_val/bbox/AP": 33.3, "b_val/bbox/AP50": 70.0}
+    (tmp_path / "metrics.json").write_text(json.dumps(record) + "\n")
+    assert last_ap(str(tmp_path), "b_val") == 33.3
+    assert last_ap(str(tmp_path), "a_transfer") == 40.0
+    assert last_ap(str(tmp_path), "not_evaluated") is None
+
+
 def test_model_zoo_tool_writes_table_csv_and_plot(tiny_config, results_root, tmp_path):
     out = tmp_path / "zoo"
     args = ["--configs", tiny_config, tmp_path / "not-written-yet.yaml", "--size", "64", "--threads", "1"]
@@ -380,6 +391,20 @@ def test_plot_fusion_weights_from_checkpoint(tiny_config, tmp_path):
     assert rows[0]["node"] == "P6 td" and rows[0]["source"] == "P6 in"
     assert len(rows) == len(expected)
     assert (tmp_path / "fusion_weights.png").stat().st_size > 0
+
+
+def test_fusion_weights_title_names_no_folder_above_the_working_directory(tmp_path, monkeypatch):
+    import importlib.util
+
+    path = os.path.join(ROOT, "tools", "plot_fusion_weights.py")
+    spec = importlib.util.spec_from_file_location("plot_fusion_weights", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.chdir(tmp_path)
+    assert tool.shown_path(str(tmp_path / "output" / "seed0" / "model_final.pth")) == os.path.join(
+        "output", "seed0", "model_final.pth")
+    outside = "/elsewhere/a/b/seed0/model_final.pth"
+    assert tool.shown_path(outside) == os.path.join("b", "seed0", "model_final.pth")
 
 
 def test_fusion_weights_of_a_weighted_fpn(tmp_path):

@@ -49,6 +49,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def shown_path(path: str) -> str:
+    """``path`` as the figure's title gives it: relative to the working directory when it
+    lies below it, else its last three parts (a picture names no machine's folders)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*resolved.parts[-3:]))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """Plot the fusion weights of the model on the command line; returns the CSV rows."""
     args = parse_args(argv)
@@ -56,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     model = build_model(cfg)
     if args.weights:
         DetectionCheckpointer(model).load(args.weights)
-        source = args.weights
+        source = shown_path(args.weights)
     else:
         source = "freshly built, untrained (all weights equal)"
     with torch.no_grad():
