@@ -7,9 +7,8 @@ measured files. Steps run in this order (later ones read the weights that earlie
 train). Pages quote the figures of these files in their prose: after a run that changed
 figures, ``git diff docs`` shows which sentences to reread.
 
-Not here: the GPU races (``docs/efficientdet_race_cuda.md``), the first neck study
-(``docs/neck_study_first*``, 26 arms x 3 seeds, measured on a GPU host) and the model-zoo
-table (``docs/zoo.md``: 25 models' CPU latencies; run ``tools/model_zoo_table.py``).
+Not here: the GPU races (``docs/efficientdet_race_cuda.md``) and the first neck study
+(``docs/neck_study_first*``, 26 arms x 3 seeds, measured on a GPU host).
 """
 import shutil
 import subprocess
@@ -22,8 +21,9 @@ from typing import Dict, List, Sequence
 __all__ = ["STEPS", "Step", "run_steps", "step_command"]
 
 PY = sys.executable
-STUDY = "output/docs/neck_study"  # trains the weights that fusion_weights and demo read
-STUDY_WEIGHTS = f"{STUDY}/retinanet/candidate/seed0/model_final.pth"
+STUDY = "output/docs/neck_study"
+MAIN_JOB = "output/docs/main_job"  # trains the weights that fusion_weights and demo read
+BIFPN_WEIGHTS = f"{MAIN_JOB}/bifpn/seed0/model_final.pth"  # the shipped RetinaNet BiFPN, seed 0
 EFFDET_TRAINING = "output/docs/efficientdet_training"
 VAL_IMAGE = "{val_images}/000000.jpg"  # the first image of synthetic_shapes_val
 
@@ -72,7 +72,7 @@ STEPS: List[Step] = [
                "--output-dir", "output/docs/efficientdet_lite_size"),
          "output/docs/efficientdet_lite_size", _outputs("size", "efficientdet_lite_size", "md", "csv"),
          (3, 10)),
-    Step("main_job", _tool("main_job", "--output-dir", "output/docs/main_job"), "output/docs/main_job",
+    Step("main_job", _tool("main_job", "--output-dir", MAIN_JOB), MAIN_JOB,
          _outputs("results", "main_job_results", "md", "png"), (20, 60)),
     Step("efficientdet_training",
          _tool("compare_effdet_training", "--seeds", "0", "1", "--output-dir", EFFDET_TRAINING),
@@ -101,14 +101,20 @@ STEPS: List[Step] = [
          "output/docs/study_frcnn_arms",
          _outputs("neck_study", "neck_study_faster_rcnn_arms", "md", "csv", "png"), (120, 320)),
     Step("fusion_weights",
-         _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", STUDY_WEIGHTS,
+         _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),
          "output/docs/fusion_weights", {"fusion_weights.png": "fusion_weights_retinanet.png"}),
     Step("demo",
          _tool("demo", "--config-file", RETINANET_BIFPN, "--input", VAL_IMAGE,
                "--output", "{docs}/demo.png", "--confidence-threshold", "0.5",
-               "--opts", "MODEL.WEIGHTS", STUDY_WEIGHTS, "MODEL.DEVICE", "cpu"),
+               "--opts", "MODEL.WEIGHTS", BIFPN_WEIGHTS, "MODEL.DEVICE", "cpu"),
          "output/docs/demo"),
+    Step("model_zoo",
+         _tool("model_zoo_table", "--repeats", "3", "--warmup", "1", "--threads", "2",
+               "--result", f"RetinaNet-R18-FPN={MAIN_JOB}/fpn/seed0",
+               "--result", f"RetinaNet-R18-BiFPN={MAIN_JOB}/bifpn/seed0", "--output-dir", "output/docs/zoo"),
+         "output/docs/zoo", {name: name for name in ("model_zoo.md", "model_zoo.csv", "ap_vs_gflops.png")},
+         (15, 45)),
     Step("efficientdet_race_cpu",
          _tool("efficientdet_race", "race", "--variants", "D0", "D3", "--batch-sizes", "1", "8",
                "--threads", "1", "2", "--repeats", "5", "--warmup", "2",
