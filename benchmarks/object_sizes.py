@@ -14,17 +14,30 @@ below 32**2, below 96**2, above; in the image's own pixels):
 A neck that trails on large objects through its coarse levels (which the RPN's large
 anchors read) shows it in the recall; one that trails through the levels the box pooler
 reads for large boxes shows it in the oracle columns.
+
+For a trained dense detector (Detectron2's ``RetinaNet``), per size bucket, what its head
+predicts at the anchors that training assigns to each ground-truth box (IoU at least the
+foreground threshold, or the box's best anchor), and what comes out of its inference:
+
+- **level**: the mean pyramid level of each box's best anchor (3 = P3, ...);
+- **p_true**: the highest true-class probability over its anchors;
+- **iou_top**: the IoU of the box regressed at the anchor of that highest probability
+  (the one that survives NMS), **iou_best**: the best regressed IoU over its anchors;
+- **detected@t**: boxes that a final detection of the true class overlaps at IoU >= t.
+
+Low ``p_true`` says the features at those levels do not tell the object; low ``iou_*``
+with a good ``p_true`` says they do but do not place it.
 """
 
 from collections import defaultdict
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
 from detectron2.structures.boxes import matched_pairwise_iou
 
-__all__ = ["SIZE_BUCKETS", "size_bucket", "size_diagnosis"]
+__all__ = ["SIZE_BUCKETS", "dense_size_diagnosis", "size_bucket", "size_diagnosis"]
 
 # COCO's area ranges of AP_small / AP_medium / AP_large.
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
@@ -48,6 +61,23 @@ def _ground_truth(record: Dict[str, Any], scale_x: float, scale_y: float):
     return scaled, torch.tensor(classes, dtype=torch.int64), areas
 
 
+def _images_with_boxes(model: torch.nn.Module, cfg, dataset_name: str) -> Iterator[Tuple[Any, ...]]:
+    """For each image of ``dataset_name`` with boxes, as the model sees it at test time:
+    ``(images, features, gt_boxes, gt_classes, areas)``: the model's preprocessed
+    ``ImageList`` of that one image, its backbone's features, the ground-truth boxes
+    scaled to the input (XYXY), their classes, and their areas in the image's own pixels."""
+    mapper = DatasetMapper(cfg, is_train=False)
+    for record in DatasetCatalog.get(dataset_name):
+        inputs = mapper(dict(record))
+        height, width = inputs["image"].shape[-2:]
+        scale_x, scale_y = width / record["width"], height / record["height"]
+        gt_boxes, gt_classes, areas = _ground_truth(record, scale_x, scale_y)
+        if not len(gt_boxes):
+            continue
+        images = model.preprocess_image([inputs])
+        yield images, model.backbone(images.tensor), gt_boxes, gt_classes, areas
+
+
 @torch.no_grad()
 def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[str, Any]]:
     """One row per size bucket (and one ``all``) of ``dataset_name``: ``boxes``,
@@ -60,18 +90,10 @@ def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[
             are contiguous class indices (Detectron2's convention after registration).
     """
     model.eval()
-    mapper = DatasetMapper(cfg, is_train=False)
     roi_heads = model.roi_heads
     values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in DatasetCatalog.get(dataset_name):
-        inputs = mapper(dict(record))
-        height, width = inputs["image"].shape[-2:]
-        scale_x, scale_y = width / record["width"], height / record["height"]
-        gt_boxes, gt_classes, areas = _ground_truth(record, scale_x, scale_y)
-        if not len(gt_boxes):
-            continue
-        images = model.preprocess_image([inputs])
-        features = model.backbone(images.tensor)
+    for images, features, gt_boxes, gt_classes, areas in _images_with_boxes(model, cfg, dataset_name):
+        height, width = images.image_sizes[0]
         proposals, _ = model.proposal_generator(images, features)
         best_iou = pairwise_iou(Boxes(gt_boxes), proposals[0].proposal_boxes).max(dim=1).values
 
@@ -96,13 +118,69 @@ def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[
                 v["oracle_top1"].append(float(top1[i]))
                 v["oracle_p_true"].append(float(probs[i, gt_classes[i]]))
                 v["oracle_iou"].append(float(iou[i]))
+    return _bucket_table(values, percent=("recall@0.5", "recall@0.7", "oracle_top1", "oracle_p_true"))
+
+
+def _bucket_table(values: Dict[str, Dict[str, List[float]]], percent) -> List[Dict[str, Any]]:
+    """One row per size bucket present (each followed by its sub-buckets ``"<size>, ..."``,
+    and ``all``): ``boxes`` and the mean of each value, in % for the keys in ``percent``."""
     table = []
-    for bucket in [name for name, _, _ in SIZE_BUCKETS] + ["all"]:
+    names = [name for name, _, _ in SIZE_BUCKETS]
+    ordered = [b for name in names for b in [name] + sorted(k for k in values if k.startswith(name + ", "))]
+    for bucket in ordered + ["all"]:
         if bucket not in values:
             continue
         v = values[bucket]
-        row: Dict[str, Any] = {"size": bucket, "boxes": len(v["recall@0.5"])}
-        row.update({key: 100.0 * sum(x) / len(x) if key != "oracle_iou" else sum(x) / len(x)
-                    for key, x in v.items()})
+        row: Dict[str, Any] = {"size": bucket, "boxes": len(next(iter(v.values())))}
+        row.update({key: (100.0 if key in percent else 1.0) * sum(x) / len(x) for key, x in v.items()})
         table.append(row)
     return table
+
+
+@torch.no_grad()
+def dense_size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[str, Any]]:
+    """One row per size bucket (then one per level of the boxes' best anchors within it,
+    and one ``all``) of ``dataset_name``: ``boxes``, ``level``, ``p_true``, ``iou_top``,
+    ``iou_best``, ``detected@0.5``, ``detected@0.75`` (see the module's docstring).
+
+    Args:
+        model: a trained ``RetinaNet`` (eval mode is set here).
+        cfg: its config (the test-time input size and the dataset mapper come from it).
+        dataset_name: as for :func:`size_diagnosis`.
+    """
+    model.eval()
+    foreground = cfg.MODEL.RETINANET.IOU_THRESHOLDS[-1]
+    values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for images, features, gt_boxes, gt_classes, areas in _images_with_boxes(model, cfg, dataset_name):
+        features = [features[f] for f in model.head_in_features]
+        logits, deltas = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
+        anchors = model.anchor_generator(features)
+        level_of_anchor = torch.cat([  # "p3" -> 3, for each anchor of that level
+            torch.full((len(a),), float(name[1:])) for name, a in zip(model.head_in_features, anchors)])
+        anchor_boxes = Boxes.cat(anchors).tensor
+        probs = torch.cat(logits, dim=1)[0].sigmoid()  # (R, K)
+        regressed = model.box2box_transform.apply_deltas(torch.cat(deltas, dim=1)[0], anchor_boxes)
+        overlap = pairwise_iou(Boxes(gt_boxes), Boxes(anchor_boxes))  # (G, R)
+        regressed_iou = pairwise_iou(Boxes(gt_boxes), Boxes(regressed))  # (G, R)
+        # Detectron2's RetinaNet gives every box its best anchors too (low-quality matches).
+        assigned = (overlap >= foreground) | (overlap == overlap.max(dim=1, keepdim=True).values)
+        detections = model.forward_inference(images, features, model.head(features))[0]
+        detection_iou = pairwise_iou(Boxes(gt_boxes), detections.pred_boxes)
+        same_class = gt_classes[:, None] == detections.pred_classes[None, :]
+        detected = torch.zeros(len(gt_boxes))
+        if len(detections):
+            detected = (detection_iou * same_class).max(dim=1).values
+        for i, area in enumerate(areas.tolist()):
+            mask = assigned[i]
+            p_true = probs[mask, gt_classes[i]]
+            top = int(p_true.argmax())
+            level = int(level_of_anchor[overlap[i].argmax()])
+            for bucket in (size_bucket(area), f"{size_bucket(area)}, best anchor on P{level}", "all"):
+                v = values[bucket]
+                v["level"].append(float(level))
+                v["p_true"].append(float(p_true[top]))
+                v["iou_top"].append(float(regressed_iou[i, mask][top]))
+                v["iou_best"].append(float(regressed_iou[i, mask].max()))
+                v["detected@0.5"].append(float(detected[i] >= 0.5))
+                v["detected@0.75"].append(float(detected[i] >= 0.75))
+    return _bucket_table(values, percent=("p_true", "detected@0.5", "detected@0.75"))

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -518,3 +519,93 @@ def test_a_run_is_ranked_and_plotted_on_its_own_dataset(tmp_path):
     assert run.value(run.primary, run.dataset) == 22.0
     on_dev = read_metrics(Run("BiFPN", "unused.yaml", tmp_path, dataset="a_dev"))
     assert on_dev.ap_curve == [(10, 10.0), (20, 11.0)]
+
+
+def test_neck_study_rows_give_ap_large_on_every_split():
+    """The study's rows carry AP_large (mean of the seeds) and its difference to the
+    pair's FPN on dev, val and each transfer set, read from each split's own metrics."""
+    from benchmarks.comparison import Run
+    from benchmarks.neck_study import ARMS, SPLIT_COLUMNS, summarize_arms
+
+    arms = {a.key: a for a in ARMS}
+    fpn, candidate = arms["retinanet/fpn"], arms["retinanet/candidate"]
+
+    def run(arm, seed, offset):
+        metrics = {}
+        for i, dataset in enumerate(SPLIT_COLUMNS):
+            metrics[f"{dataset}/bbox/AP"] = 30.0 + i
+            metrics[f"{dataset}/bbox/APl"] = 40.0 + 10 * i + offset + seed  # seeds 0 and 1 differ by 1
+        return arm, Run(arm.key, arm.config, Path("unused"), seed=seed, metrics=metrics)
+
+    results = [run(fpn, 0, 0.0), run(fpn, 1, 0.0), run(candidate, 0, -2.0), run(candidate, 1, 3.0)]
+    rows = {row["arm"]: row for row in summarize_arms(results, {})}
+    for i, column in enumerate(SPLIT_COLUMNS.values()):
+        assert rows["fpn"][f"{column} large"] == pytest.approx(40.5 + 10 * i)
+        assert rows["candidate"][f"{column} large - fpn"] == pytest.approx(0.5)
+    assert rows["candidate"]["large - fpn per split"] == "+0.5 / +0.5 / +0.5 / +0.5"
+    assert rows["candidate"]["val large - fpn"] == pytest.approx(0.5)
+
+
+def test_dense_size_diagnosis_reads_the_head_at_each_boxs_anchors(tmp_path):
+    """A RetinaNet on 4 tiny images whose head predicts a fixed probability per class and
+    no box change: every box counted in its bucket and under its best anchor's level;
+    p_true is its own class's probability; the best regressed box is its best anchor."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, BoxMode, pairwise_iou
+
+    from benchmarks.object_sizes import dense_size_diagnosis, size_bucket
+    from bifpn_d2.data import register_synthetic_dataset
+
+    register_synthetic_dataset("dense_sizes_test", 4, 192, 3, root=tmp_path, split="val")
+    sizes = ["INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 192]
+    cfg = load_config("configs/synthetic/RetinaNet-R18-BiFPN.yaml", ["MODEL.BIFPN.OUT_CHANNELS", 32] + sizes)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    head = model.head
+    class_logit = torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])
+    with torch.no_grad():
+        head.cls_score.weight.zero_()
+        head.cls_score.bias.copy_(class_logit.repeat(head.cls_score.bias.numel() // 5))
+        head.bbox_pred.weight.zero_()
+        head.bbox_pred.bias.zero_()
+    rows = {r["size"]: r for r in dense_size_diagnosis(model, cfg, "dense_sizes_test")}
+
+    expected = {"small": [], "medium": [], "large": []}
+    for record in DatasetCatalog.get("dense_sizes_test"):
+        for a in record["annotations"]:
+            expected[size_bucket(a["bbox"][2] * a["bbox"][3])].append(a["category_id"])
+    everything = [c for classes in expected.values() for c in classes]
+    assert rows["all"]["boxes"] == len(everything)
+    for bucket, classes in expected.items():
+        if not classes:
+            continue
+        assert rows[bucket]["boxes"] == len(classes)
+        per_level = {name: r for name, r in rows.items() if name.startswith(bucket + ", best anchor on P")}
+        assert sum(r["boxes"] for r in per_level.values()) == len(classes)
+        assert all(r["level"] == int(name.rsplit("P", 1)[1]) and 3 <= r["level"] <= 7
+                   for name, r in per_level.items())
+        mean_p = float(torch.sigmoid(class_logit[classes]).mean()) * 100
+        assert rows[bucket]["p_true"] == pytest.approx(mean_p, rel=1e-5)
+    # No box change: the best regressed box of each ground truth is its best anchor.
+    features = model.backbone(torch.zeros(1, 3, 192, 192))
+    anchors = Boxes.cat(model.anchor_generator([features[f] for f in model.head_in_features]))
+    gt = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+          for record in DatasetCatalog.get("dense_sizes_test") for a in record["annotations"]]
+    best_anchor_iou = pairwise_iou(Boxes(torch.tensor(gt)), anchors).max(dim=1).values
+    assert rows["all"]["iou_best"] == pytest.approx(float(best_anchor_iou.mean()), rel=1e-5)
+    assert rows["all"]["iou_best"] >= rows["all"]["iou_top"]
+    assert 0 <= rows["all"]["detected@0.75"] <= rows["all"]["detected@0.5"] <= 100
+
+
+def test_size_diagnosis_tool_refuses_a_detector_it_cannot_read(tmp_path):
+    """A meta-architecture with neither ROI heads nor a dense head: one line naming the
+    kinds it diagnoses, before any model is built or anything written."""
+    (tmp_path / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: SemanticSegmentor\n")
+    torch.save({"model": {}}, tmp_path / "model_final.pth")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "diagnose_object_sizes.py"), "--run", f"Seg={tmp_path}",
+         "--output-dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "SemanticSegmentor is neither" in last and "['GeneralizedRCNN', 'RetinaNet']" in last
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Where trained R-CNNs lose objects of one size: proposal recall and the box head on
-ground-truth boxes, per COCO size bucket (see benchmarks.object_sizes).
+"""Where trained detectors lose objects of one size, per COCO size bucket (see
+benchmarks.object_sizes): for R-CNNs, proposal recall and the box head on ground-truth
+boxes; for RetinaNets, the head's class probability and regressed IoU at the anchors
+assigned to each box, per level of its best anchor, and the final detections' recall.
 
     python tools/diagnose_object_sizes.py --dataset synthetic_shapes_dev \\
         --run FPN=output/neck_study/faster_rcnn/fpn/seed0 \\
@@ -26,10 +28,25 @@ from detectron2.modeling import build_model
 
 import bifpn_d2  # noqa: F401  (registers the backbones and the built-in datasets)
 from benchmarks import markdown_table, write_csv, write_text
-from benchmarks.object_sizes import size_diagnosis
+from benchmarks.object_sizes import dense_size_diagnosis, size_diagnosis
 from bifpn_d2.checkpoint import check_detectron2_checkpoint
 from bifpn_d2.engine import ConfigError
 from bifpn_d2.engine.config import load_config
+
+# meta-architecture -> (diagnosis, (title, legend of its columns))
+DIAGNOSES = {
+    "GeneralizedRCNN": (size_diagnosis, (
+        "Proposals and box head by object size",
+        "recall@t: ground-truth boxes that a test-time RPN proposal overlaps at IoU >= t (%); "
+        "oracle_*: the box head on the ground-truth boxes as proposals: top class right (%), "
+        "mean probability of the true class (%), mean IoU of the regressed box.")),
+    "RetinaNet": (dense_size_diagnosis, (
+        "The head at each box's anchors, by object size",
+        "Anchors of a box: those training assigns to it (IoU >= the foreground threshold, or its best). "
+        "level: mean level of its best anchor; p_true: the highest true-class probability over them (%); "
+        "iou_top: IoU of the box regressed where that probability is; iou_best: the best regressed IoU; "
+        "detected@t: boxes a final detection of the true class overlaps at IoU >= t (%).")),
+}
 
 
 def _run(text: str):
@@ -62,9 +79,13 @@ def main(argv=None):
             cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights])
         except (ConfigError, ValueError) as e:
             parser.error(f"--run {label}: {e}")
-        if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or not cfg.MODEL.ROI_HEADS.NAME:
-            parser.error(f"--run {label}: {cfg.MODEL.META_ARCHITECTURE} is not an R-CNN (GeneralizedRCNN)")
+        kind = cfg.MODEL.META_ARCHITECTURE
+        if kind not in DIAGNOSES or (kind == "GeneralizedRCNN" and not cfg.MODEL.ROI_HEADS.NAME):
+            parser.error(f"--run {label}: {kind} is neither an R-CNN with ROI heads nor a RetinaNet; "
+                         f"diagnosed: {sorted(DIAGNOSES)}")
         models.append((label, cfg))
+    if len({cfg.MODEL.META_ARCHITECTURE for _, cfg in models}) > 1:
+        parser.error("--run: every run must be of one kind (R-CNNs or RetinaNets), to share one table")
     logging.getLogger("timm").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     rows = []
@@ -72,12 +93,10 @@ def main(argv=None):
         model = build_model(cfg)
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         print(f"{label}: {args.dataset} ...", flush=True)
-        rows += [{"run": label, **row} for row in size_diagnosis(model, cfg, args.dataset)]
-    text = (f"# Proposals and box head by object size: {args.dataset}\n\n"
-            "recall@t: ground-truth boxes that a test-time RPN proposal overlaps at IoU >= t (%); "
-            "oracle_*: the box head on the ground-truth boxes as proposals: top class right (%), "
-            "mean probability of the true class (%), mean IoU of the regressed box.\n\n"
-            + markdown_table(rows, digits=3))
+        diagnosis, _ = DIAGNOSES[cfg.MODEL.META_ARCHITECTURE]
+        rows += [{"run": label, **row} for row in diagnosis(model, cfg, args.dataset)]
+    _, legend = DIAGNOSES[models[0][1].MODEL.META_ARCHITECTURE]
+    text = f"# {legend[0]}: {args.dataset}\n\n{legend[1]}\n\n" + markdown_table(rows, digits=3)
     print("\n" + text)
     write_csv(rows, os.path.join(args.output_dir, "object_sizes.csv"))
     write_text(text, os.path.join(args.output_dir, "object_sizes.md"))
