@@ -55,6 +55,10 @@ RETINANET_BIFPN = "configs/synthetic/RetinaNet-R18-BiFPN.yaml"
 STUDY_ARMS = ["retinanet/fpn", "retinanet/candidate", "faster_rcnn/fpn", "faster_rcnn/candidate",
               "retinanet/residual_scale1", "retinanet/residual_scale0.1", "retinanet/channel_fast_normalized",
               "retinanet/channel_softmax"]
+# RetinaNet's large objects: the arms of the norm and of the top block (read by the size diagnosis)
+LARGE_STUDY = "output/docs/study_retinanet_large"
+LARGE_ARMS = ["retinanet/fpn", "retinanet/candidate", "retinanet/top_p6p7_p5", "retinanet/norm_ln",
+              "retinanet/norm_ln_top_p6p7_p5"]
 CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
@@ -100,6 +104,23 @@ STEPS: List[Step] = [
                "--jobs", "2", "--output-dir", "output/docs/study_frcnn_arms"),
          "output/docs/study_frcnn_arms",
          _outputs("neck_study", "neck_study_faster_rcnn_arms", "md", "csv", "png"), (120, 320)),
+    Step("neck_study_retinanet_large",
+         _tool("neck_study", "--arms", *LARGE_ARMS, "--seeds", "0", "1", "--jobs", "2",
+               "--output-dir", LARGE_STUDY),
+         LARGE_STUDY, _outputs("neck_study", "neck_study_retinanet_large", "md", "csv", "png"), (45, 120)),
+    Step("neck_study_retinanet_large_seeds23",
+         _tool("neck_study", "--arms", "retinanet/fpn", "retinanet/candidate",
+               "retinanet/norm_ln_top_p6p7_p5", "--seeds", "2", "3", "--jobs", "2",
+               "--output-dir", "output/docs/study_retinanet_large_seeds23"),
+         "output/docs/study_retinanet_large_seeds23",
+         _outputs("neck_study", "neck_study_retinanet_large_seeds23", "md", "csv", "png"), (30, 90)),
+    Step("object_sizes_retinanet",
+         _tool("diagnose_object_sizes", "--dataset", "synthetic_shapes_dev", "--threads", "1",
+               *[item for arm in LARGE_ARMS for seed in (0, 1) for item in
+                 ("--run", f"{arm.split('/')[1]}-s{seed}={LARGE_STUDY}/{arm}/seed{seed}")],
+               "--output-dir", "output/docs/object_sizes_retinanet"),
+         "output/docs/object_sizes_retinanet",
+         _outputs("object_sizes", "object_sizes_retinanet", "md", "csv"), (5, 15)),
     Step("fusion_weights",
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),

@@ -52,6 +52,11 @@ BIFPN_BEFORE: Dict[str, str] = {
 BIFPN_AFTER: Dict[str, str] = dict(
     BIFPN_BEFORE, **{"MODEL.BIFPN.RESIDUAL": "True", "MODEL.BIFPN.TOP_BLOCK": "p6p7_c5"}
 )
+# What configs/synthetic ships for RetinaNet since the norm and top-block arms (the arm
+# norm_ln_top_p6p7_p5, chosen on dev): BIFPN_AFTER with LN and P6/P7 after the cells.
+RETINANET_RECIPE: Dict[str, str] = dict(
+    BIFPN_AFTER, **{"MODEL.BIFPN.NORM": "LN", "MODEL.BIFPN.TOP_BLOCK": "p6p7_p5"}
+)
 
 
 # Where every run is evaluated: the split choices are made on, the reporting split, and
@@ -191,6 +196,8 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
     ("norm_ln", "norm", "the candidate with LN (over channels at each pixel) instead of GN: no statistics "
      "over a coarse level's few pixels", {"NORM": "LN"}),
+    ("norm_ln_top_p6p7_p5", "norm", "norm_ln and top_p6p7_p5 together (on RetinaNet's dev split LN led "
+     "on AP, the top block after the cells on large objects)", {"NORM": "LN", "TOP_BLOCK": "p6p7_p5"}),
     ("channel_fast_normalized", "fusion",
      "the candidate with google/automl's channel-wise fast normalized fusion",
      {"FUSE_TYPE": "channel_fast_normalized"}),
@@ -212,7 +219,7 @@ def _pair_arms(pair: Pair) -> List[Arm]:
         if pair.name == "retinanet" and name == "top_maxpool":
             continue  # P6 and P7: more levels than a max-pool of P5 makes
         if pair.name == "retinanet" and name == "shipped":
-            continue  # RetinaNet shipped the candidate already
+            continue  # RetinaNet shipped the candidate before (it ships norm_ln_top_p6p7_p5 now)
         overrides = dict(BIFPN_AFTER)
         overrides.update({f"MODEL.BIFPN.{k}": v for k, v in changes.items()})
         arms.append(Arm(name, group, question, pair.bifpn_config, overrides, pair=pair.name))
@@ -280,10 +287,11 @@ def summarize_arms(
 ) -> List[Dict[str, object]]:
     """One row per arm, in the order of ``results``: its pair's primary metric (mean, sample
     sd and every seed) on each evaluation split, the difference of each mean to the pair's
-    ``fpn`` arm, the size metric on ``val`` (AP_large for detectors), cost (``costs[key]``:
-    GFLOPs, parameters), seconds per iteration, and whether the arm *wins*: at least 2
-    points over the FPN on ``val`` and on every transfer set, at no more GFLOPs, and no
-    worse on large objects. ``dev`` is where choices are made; it does not decide a win."""
+    ``fpn`` arm, the size metric (AP_large for detectors) on each split and its difference
+    to the FPN's, cost (``costs[key]``: GFLOPs, parameters), seconds per iteration, and
+    whether the arm *wins*: at least 2 points over the FPN on ``val`` and on every transfer
+    set, at no more GFLOPs, and no worse on large objects on ``val``. ``dev`` is where
+    choices are made; it does not decide a win."""
     groups: Dict[str, List[Run]] = {}
     arms: Dict[str, Arm] = {}
     for arm, run in results:
@@ -306,9 +314,12 @@ def summarize_arms(
             row[f"{column} per seed"] = " / ".join(f"{v:.1f}" for v in values)
             row[f"{column} - fpn"] = mean - _mean(reference, pair.primary, dataset + suffix)
         large = _LARGE.get(pair.primary)
-        if large:
-            row["val large"] = _mean(runs, large, VAL)
-            row["val large - fpn"] = row["val large"] - _mean(reference, large, VAL)
+        if large:  # the size metric on every split: one bucket of few objects is noisy
+            for dataset, column in SPLIT_COLUMNS.items():
+                row[f"{column} large"] = _mean(runs, large, dataset)
+                row[f"{column} large - fpn"] = row[f"{column} large"] - _mean(reference, large, dataset)
+            row["large - fpn per split"] = " / ".join(
+                f"{row[f'{column} large - fpn']:+.1f}" for column in SPLIT_COLUMNS.values())
         row.update(costs.get(key, {}))
         fpn_cost = costs.get(f"{arm.pair}/fpn", {}).get("GFLOPs", math.nan)
         row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
@@ -335,6 +346,7 @@ COLUMNS = [
     "transfer_large - fpn",
     "transfer_small - fpn",
     "val large - fpn",
+    "large - fpn per split",
     "GFLOPs",
     "neck_params_M",
     "wins",
@@ -343,7 +355,8 @@ COLUMNS = [
 CSV_COLUMNS = (
     ["pair", "arm", "group", "metric", "seeds"]
     + [f"{c}{s}" for c in SPLIT_COLUMNS.values() for s in ("", " sd", " per seed", " - fpn")]
-    + ["val large", "val large - fpn", "GFLOPs", "params_M", "neck_params_M", "s/iter", "wins"]
+    + [f"{c} large{s}" for c in SPLIT_COLUMNS.values() for s in ("", " - fpn")]
+    + ["GFLOPs", "params_M", "neck_params_M", "s/iter", "wins"]
     + ["what it tests"]
 )
 
