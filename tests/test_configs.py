@@ -175,14 +175,21 @@ def test_lazy_config_matches_yaml_twin(lazy, yaml):
 
 
 def test_synthetic_bifpn_config_is_the_neck_study_result():
-    """The main job's BiFPN is the study's ``bifpn_after`` arm: the config's MODEL.BIFPN
-    equals the config with every studied key set from BIFPN_AFTER."""
-    from benchmarks.neck_study import ARMS, BIFPN_AFTER, BIFPN_CONFIG
+    """The shipped RetinaNet BiFPN, as its config and as the main job's switch of the FPN
+    config (MODEL.BACKBONE.NAME alone), is the study's ``norm_ln_top_p6p7_p5`` arm: its
+    MODEL.BIFPN equals the config with every studied key set from RETINANET_RECIPE."""
+    from benchmarks.neck_study import ARMS, BIFPN_CONFIG, FPN_CONFIG, RETINANET_RECIPE
     from bifpn_d2.engine.config import load_config
+    from bifpn_d2.modeling import bifpn_switch
 
     root = Path(__file__).resolve().parents[1]
     shipped = load_config(str(root / BIFPN_CONFIG))
-    opts = [item for pair in BIFPN_AFTER.items() for item in pair]
+    opts = [item for pair in RETINANET_RECIPE.items() for item in pair]
     assert load_config(str(root / BIFPN_CONFIG), opts).MODEL.BIFPN == shipped.MODEL.BIFPN
-    assert shipped.MODEL.BIFPN.RESIDUAL and shipped.MODEL.BIFPN.TOP_BLOCK == "p6p7_c5"
-    assert {arm.name: arm.overrides for arm in ARMS}["bifpn_after"] == BIFPN_AFTER
+    assert shipped.MODEL.BIFPN.RESIDUAL and shipped.MODEL.BIFPN.TOP_BLOCK == "p6p7_p5"
+    assert shipped.MODEL.BIFPN.NORM == "LN"
+    switch = bifpn_switch(load_config(str(root / FPN_CONFIG)).MODEL.BACKBONE.NAME)
+    switched = load_config(str(root / FPN_CONFIG), ["MODEL.BACKBONE.NAME", switch])
+    assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
+    arms = {arm.key: arm.overrides for arm in ARMS}
+    assert arms["retinanet/norm_ln_top_p6p7_p5"] == RETINANET_RECIPE
