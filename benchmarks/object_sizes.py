@@ -153,7 +153,8 @@ def dense_size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List
     values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
     for images, features, gt_boxes, gt_classes, areas in _images_with_boxes(model, cfg, dataset_name):
         features = [features[f] for f in model.head_in_features]
-        logits, deltas = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
+        predictions = model.head(features)
+        logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
         anchors = model.anchor_generator(features)
         level_of_anchor = torch.cat([  # "p3" -> 3, for each anchor of that level
             torch.full((len(a),), float(name[1:])) for name, a in zip(model.head_in_features, anchors)])
@@ -164,7 +165,7 @@ def dense_size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List
         regressed_iou = pairwise_iou(Boxes(gt_boxes), Boxes(regressed))  # (G, R)
         # Detectron2's RetinaNet gives every box its best anchors too (low-quality matches).
         assigned = (overlap >= foreground) | (overlap == overlap.max(dim=1, keepdim=True).values)
-        detections = model.forward_inference(images, features, model.head(features))[0]
+        detections = model.forward_inference(images, features, predictions)[0]  # transposes its own copy
         detection_iou = pairwise_iou(Boxes(gt_boxes), detections.pred_boxes)
         same_class = gt_classes[:, None] == detections.pred_classes[None, :]
         detected = torch.zeros(len(gt_boxes))
