@@ -26,6 +26,8 @@ __all__ = [
     "BIFPN_AFTER",
     "BIFPN_BEFORE",
     "GROUPS",
+    "LN_TOP_P5_RECIPE",
+    "SHIPPED_RECIPES",
     "arm_runs",
     "summarize_arms",
     "write_report",
@@ -52,11 +54,20 @@ BIFPN_BEFORE: Dict[str, str] = {
 BIFPN_AFTER: Dict[str, str] = dict(
     BIFPN_BEFORE, **{"MODEL.BIFPN.RESIDUAL": "True", "MODEL.BIFPN.TOP_BLOCK": "p6p7_c5"}
 )
-# What configs/synthetic ships for RetinaNet since the norm and top-block arms (the arm
-# norm_ln_top_p6p7_p5, chosen on dev): BIFPN_AFTER with LN and P6/P7 after the cells.
-RETINANET_RECIPE: Dict[str, str] = dict(
+# The arm norm_ln_top_p6p7_p5, chosen on the dev split of RetinaNet and of Faster R-CNN:
+# BIFPN_AFTER with LN in the cells and P6/P7 (P6 for R-CNN) made after them from their P5.
+LN_TOP_P5_RECIPE: Dict[str, str] = dict(
     BIFPN_AFTER, **{"MODEL.BIFPN.NORM": "LN", "MODEL.BIFPN.TOP_BLOCK": "p6p7_p5"}
 )
+# What each pair's synthetic BiFPN config ships, and what its FPN config's switch
+# (MODEL.BACKBONE.NAME alone) builds. Mask R-CNN and semantic FPN keep BIFPN_AFTER: the
+# LN recipe is not measured on them.
+SHIPPED_RECIPES: Dict[str, Dict[str, str]] = {
+    "retinanet": LN_TOP_P5_RECIPE,
+    "faster_rcnn": LN_TOP_P5_RECIPE,
+    "mask_rcnn": BIFPN_AFTER,
+    "semantic_fpn": BIFPN_AFTER,
+}
 
 
 # Where every run is evaluated: the split choices are made on, the reporting split, and

@@ -174,22 +174,27 @@ def test_lazy_config_matches_yaml_twin(lazy, yaml):
     assert lazy_shapes == yaml_shapes
 
 
-def test_synthetic_bifpn_config_is_the_neck_study_result():
-    """The shipped RetinaNet BiFPN, as its config and as the main job's switch of the FPN
-    config (MODEL.BACKBONE.NAME alone), is the study's ``norm_ln_top_p6p7_p5`` arm: its
-    MODEL.BIFPN equals the config with every studied key set from RETINANET_RECIPE."""
-    from benchmarks.neck_study import ARMS, BIFPN_CONFIG, FPN_CONFIG, RETINANET_RECIPE
+@pytest.mark.parametrize("pair", ["retinanet", "faster_rcnn", "mask_rcnn", "semantic_fpn"])
+def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
+    """Each pair's shipped BiFPN, as its config and as the switch of its FPN config
+    (MODEL.BACKBONE.NAME alone, as the main job does), is the study arm it ships: its
+    MODEL.BIFPN equals the config with every studied key set from SHIPPED_RECIPES."""
+    from benchmarks.neck_study import ARMS, LN_TOP_P5_RECIPE, PAIRS, SHIPPED_RECIPES
     from bifpn_d2.engine.config import load_config
     from bifpn_d2.modeling import bifpn_switch
 
     root = Path(__file__).resolve().parents[1]
-    shipped = load_config(str(root / BIFPN_CONFIG))
-    opts = [item for pair in RETINANET_RECIPE.items() for item in pair]
-    assert load_config(str(root / BIFPN_CONFIG), opts).MODEL.BIFPN == shipped.MODEL.BIFPN
-    assert shipped.MODEL.BIFPN.RESIDUAL and shipped.MODEL.BIFPN.TOP_BLOCK == "p6p7_p5"
-    assert shipped.MODEL.BIFPN.NORM == "LN"
-    switch = bifpn_switch(load_config(str(root / FPN_CONFIG)).MODEL.BACKBONE.NAME)
-    switched = load_config(str(root / FPN_CONFIG), ["MODEL.BACKBONE.NAME", switch])
+    fpn_config, bifpn_config = (str(root / c) for c in (PAIRS[pair].fpn_config, PAIRS[pair].bifpn_config))
+    recipe = SHIPPED_RECIPES[pair]
+    shipped = load_config(bifpn_config)
+    opts = [item for key_value in recipe.items() for item in key_value]
+    assert load_config(bifpn_config, opts).MODEL.BIFPN == shipped.MODEL.BIFPN
+    switch = bifpn_switch(load_config(fpn_config).MODEL.BACKBONE.NAME)
+    switched = load_config(fpn_config, ["MODEL.BACKBONE.NAME", switch])
     assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
     arms = {arm.key: arm.overrides for arm in ARMS}
-    assert arms["retinanet/norm_ln_top_p6p7_p5"] == RETINANET_RECIPE
+    shipped_arm = "norm_ln_top_p6p7_p5" if recipe == LN_TOP_P5_RECIPE else "candidate"
+    assert arms[f"{pair}/{shipped_arm}"] == recipe
+    if pair in ("retinanet", "faster_rcnn"):  # the dev split chose LN and P6/P7 after the cells
+        assert shipped.MODEL.BIFPN.NORM == "LN" and shipped.MODEL.BIFPN.TOP_BLOCK == "p6p7_p5"
+    assert shipped.MODEL.BIFPN.RESIDUAL
