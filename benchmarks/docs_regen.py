@@ -58,6 +58,17 @@ def _study(name: str, arms: Sequence[str], seeds: Sequence[str], out: str, minut
     return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"), minutes)
 
 
+def _sizes(name: str, arms: Sequence[str], study: str, threads: str) -> Step:
+    """The size diagnosis, on dev, of seeds 0 1 of ``arms`` trained in ``study``: its table
+    and CSV become ``docs/<name>.*``."""
+    runs = [item for arm in arms for seed in (0, 1)
+            for item in ("--run", f"{arm.split('/')[1]}-s{seed}={study}/{arm}/seed{seed}")]
+    out = f"output/docs/{name}"
+    command = _tool("diagnose_object_sizes", "--dataset", "synthetic_shapes_dev", "--threads", threads, *runs,
+                    "--output-dir", out)
+    return Step(name, command, out, _outputs("object_sizes", name, "md", "csv"), (5, 15))
+
+
 RETINANET_BIFPN = "configs/synthetic/RetinaNet-R18-BiFPN.yaml"
 STUDY_ARMS = ["retinanet/fpn", "retinanet/candidate", "faster_rcnn/fpn", "faster_rcnn/candidate",
               "retinanet/residual_scale1", "retinanet/residual_scale0.1", "retinanet/channel_fast_normalized",
@@ -125,13 +136,8 @@ STEPS: List[Step] = [
            (40, 110)),
     _study("neck_study_faster_rcnn_large_4seeds", FRCNN_LARGE_ARMS, ["0", "1", "2", "3"], FRCNN_LARGE_STUDY,
            (1, 3)),
-    Step("object_sizes_retinanet",
-         _tool("diagnose_object_sizes", "--dataset", "synthetic_shapes_dev", "--threads", "1",
-               *[item for arm in LARGE_ARMS for seed in (0, 1) for item in
-                 ("--run", f"{arm.split('/')[1]}-s{seed}={LARGE_STUDY}/{arm}/seed{seed}")],
-               "--output-dir", "output/docs/object_sizes_retinanet"),
-         "output/docs/object_sizes_retinanet",
-         _outputs("object_sizes", "object_sizes_retinanet", "md", "csv"), (5, 15)),
+    _sizes("object_sizes_retinanet", LARGE_ARMS, LARGE_STUDY, "1"),
+    _sizes("object_sizes_faster_rcnn", FRCNN_LARGE_ARMS, FRCNN_LARGE_STUDY, "2"),
     Step("fusion_weights",
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),
@@ -148,10 +154,17 @@ STEPS: List[Step] = [
          "output/docs/zoo", {name: name for name in ("model_zoo.md", "model_zoo.csv", "ap_vs_gflops.png")},
          (15, 45)),
     Step("efficientdet_race_cpu",
-         _tool("efficientdet_race", "race", "--variants", "D0", "D3", "--batch-sizes", "1", "8",
+         _tool("efficientdet_race", "race", "--variants", "D0", "--batch-sizes", "1", "8",
                "--threads", "1", "2", "--repeats", "5", "--warmup", "2",
                "--output-dir", "output/docs/efficientdet_race"),
-         "output/docs/efficientdet_race", {"race.md": "efficientdet_race_cpu.md"}, (30, 90)),
+         "output/docs/efficientdet_race", {"race.md": "efficientdet_race_cpu.md"}, (10, 30)),
+    # D3 at batch 1 only: its batch-8 training step needs more than 24 GiB without
+    # checkpointing (checkpointing_d3_batch8 below measures it with)
+    Step("efficientdet_race_cpu_d3",
+         _tool("efficientdet_race", "race", "--variants", "D3", "--batch-sizes", "1",
+               "--threads", "1", "2", "--repeats", "5", "--warmup", "2",
+               "--output-dir", "output/docs/efficientdet_race_d3"),
+         "output/docs/efficientdet_race_d3", {"race.md": "efficientdet_race_cpu_d3.md"}, (8, 25)),
     *[Step(f"checkpointing_{name}",
            _tool("benchmark_checkpointing",
                  "--config-file", f"configs/EfficientDet/EfficientDet-{variant}.yaml",
