@@ -173,15 +173,16 @@ def dense_size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List
             detected = (detection_iou * same_class).max(dim=1).values
         for i, area in enumerate(areas.tolist()):
             mask = assigned[i]
-            p_true = probs[mask, gt_classes[i]]
+            p_true, ious = probs[mask, gt_classes[i]], regressed_iou[i, mask]
             top = int(p_true.argmax())
             level = int(level_of_anchor[overlap[i].argmax()])
-            for bucket in (size_bucket(area), f"{size_bucket(area)}, best anchor on P{level}", "all"):
+            size = size_bucket(area)
+            for bucket in (size, f"{size}, best anchor on P{level}", "all"):
                 v = values[bucket]
                 v["level"].append(float(level))
                 v["p_true"].append(float(p_true[top]))
-                v["iou_top"].append(float(regressed_iou[i, mask][top]))
-                v["iou_best"].append(float(regressed_iou[i, mask].max()))
+                v["iou_top"].append(float(ious[top]))
+                v["iou_best"].append(float(ious.max()))
                 v["detected@0.5"].append(float(detected[i] >= 0.5))
                 v["detected@0.75"].append(float(detected[i] >= 0.75))
     return _bucket_table(values, percent=("p_true", "detected@0.5", "detected@0.75"))

@@ -33,19 +33,19 @@ from bifpn_d2.checkpoint import check_detectron2_checkpoint
 from bifpn_d2.engine import ConfigError
 from bifpn_d2.engine.config import load_config
 
-# meta-architecture -> (diagnosis, (title, legend of its columns))
+# meta-architecture -> (diagnosis, title, legend of its columns)
 DIAGNOSES = {
-    "GeneralizedRCNN": (size_diagnosis, (
-        "Proposals and box head by object size",
+    "GeneralizedRCNN": (
+        size_diagnosis, "Proposals and box head by object size",
         "recall@t: ground-truth boxes that a test-time RPN proposal overlaps at IoU >= t (%); "
         "oracle_*: the box head on the ground-truth boxes as proposals: top class right (%), "
-        "mean probability of the true class (%), mean IoU of the regressed box.")),
-    "RetinaNet": (dense_size_diagnosis, (
-        "The head at each box's anchors, by object size",
+        "mean probability of the true class (%), mean IoU of the regressed box."),
+    "RetinaNet": (
+        dense_size_diagnosis, "The head at each box's anchors, by object size",
         "Anchors of a box: those training assigns to it (IoU >= the foreground threshold, or its best). "
         "level: mean level of its best anchor; p_true: the highest true-class probability over them (%); "
         "iou_top: IoU of the box regressed where that probability is; iou_best: the best regressed IoU; "
-        "detected@t: boxes a final detection of the true class overlaps at IoU >= t (%).")),
+        "detected@t: boxes a final detection of the true class overlaps at IoU >= t (%)."),
 }
 
 
@@ -93,10 +93,10 @@ def main(argv=None):
         model = build_model(cfg)
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         print(f"{label}: {args.dataset} ...", flush=True)
-        diagnosis, _ = DIAGNOSES[cfg.MODEL.META_ARCHITECTURE]
+        diagnosis = DIAGNOSES[cfg.MODEL.META_ARCHITECTURE][0]
         rows += [{"run": label, **row} for row in diagnosis(model, cfg, args.dataset)]
-    _, legend = DIAGNOSES[models[0][1].MODEL.META_ARCHITECTURE]
-    text = f"# {legend[0]}: {args.dataset}\n\n{legend[1]}\n\n" + markdown_table(rows, digits=3)
+    _, title, legend = DIAGNOSES[models[0][1].MODEL.META_ARCHITECTURE]
+    text = f"# {title}: {args.dataset}\n\n{legend}\n\n" + markdown_table(rows, digits=3)
     print("\n" + text)
     write_csv(rows, os.path.join(args.output_dir, "object_sizes.csv"))
     write_text(text, os.path.join(args.output_dir, "object_sizes.md"))
