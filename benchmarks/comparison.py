@@ -8,6 +8,7 @@ side on a multi-core machine and each leaves a complete Detectron2 output direct
 matches is reused instead of trained again; anything else in its directory is replaced.
 """
 
+import argparse
 import json
 import math
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "mean_and_sd",
     "primary_metric",
     "read_metrics",
+    "run_folder_argument",
     "tiny_splits",
     "run_all",
     "schedule_overrides",
@@ -488,3 +490,12 @@ def run_comparison(args, prog: str, say: Callable[[str], None]) -> List[Dict[str
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     return rows
+
+
+def run_folder_argument(text: str) -> Tuple[str, str]:
+    """``LABEL=DIR`` (a command line's name for a run's output directory) as
+    ``(label, dir)``; an ``argparse`` type, so a bad value is a one-line usage error."""
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise argparse.ArgumentTypeError(f"--run takes LABEL=DIR, got {text!r}")
+    return label, folder

@@ -58,15 +58,28 @@ def _study(name: str, arms: Sequence[str], seeds: Sequence[str], out: str, minut
     return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"), minutes)
 
 
+def _run_args(arms: Sequence[str], study: str) -> List[str]:
+    """``--run NAME-sSEED=DIR`` for seeds 0 1 of each of ``arms`` trained in ``study``."""
+    return [item for arm in arms for seed in (0, 1)
+            for item in ("--run", f"{arm.split('/')[1]}-s{seed}={study}/{arm}/seed{seed}")]
+
+
 def _sizes(name: str, arms: Sequence[str], study: str, threads: str) -> Step:
     """The size diagnosis, on dev, of seeds 0 1 of ``arms`` trained in ``study``: its table
     and CSV become ``docs/<name>.*``."""
-    runs = [item for arm in arms for seed in (0, 1)
-            for item in ("--run", f"{arm.split('/')[1]}-s{seed}={study}/{arm}/seed{seed}")]
     out = f"output/docs/{name}"
-    command = _tool("diagnose_object_sizes", "--dataset", "synthetic_shapes_dev", "--threads", threads, *runs,
-                    "--output-dir", out)
+    command = _tool("diagnose_object_sizes", "--dataset", "synthetic_shapes_dev", "--threads", threads,
+                    *_run_args(arms, study), "--output-dir", out)
     return Step(name, command, out, _outputs("object_sizes", name, "md", "csv"), (5, 15))
+
+
+def _false_positives(name: str, arms: Sequence[str], study: str) -> Step:
+    """The confident detections by kind and box size, on dev, of seeds 0 1 of ``arms``
+    trained in ``study`` (read from their saved detections): ``docs/<name>.*``."""
+    out = f"output/docs/{name}"
+    command = _tool("diagnose_false_positives", "--dataset", "synthetic_shapes_dev", *_run_args(arms, study),
+                    "--output-dir", out)
+    return Step(name, command, out, _outputs("false_positives", name, "md", "csv"), (1, 2))
 
 
 RETINANET_BIFPN = "configs/synthetic/RetinaNet-R18-BiFPN.yaml"
@@ -138,6 +151,8 @@ STEPS: List[Step] = [
            (1, 3)),
     _sizes("object_sizes_retinanet", LARGE_ARMS, LARGE_STUDY, "1"),
     _sizes("object_sizes_faster_rcnn", FRCNN_LARGE_ARMS, FRCNN_LARGE_STUDY, "2"),
+    _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
+    _false_positives("false_positives_faster_rcnn", FRCNN_LARGE_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),

@@ -9,7 +9,10 @@ below 32**2, below 96**2, above; in the image's own pixels):
 - **oracle box head**: the box head run on the ground-truth boxes themselves as
   proposals, which isolates it from the RPN: the fraction whose top class is the true one,
   the mean probability of the true class, and the mean IoU of the true class's regressed
-  box with the ground truth.
+  box with the ground truth;
+- **part_p_true**: the box head's mean true-class probability on the four corner parts
+  of each ground-truth box (60 % of its width and height, IoU 0.36 with it): how much it
+  takes a part of an object for the object, a box that AP counts as false.
 
 A neck that trails on large objects through its coarse levels (which the RPN's large
 anchors read) shows it in the recall; one that trails through the levels the box pooler
@@ -81,7 +84,8 @@ def _images_with_boxes(model: torch.nn.Module, cfg, dataset_name: str) -> Iterat
 @torch.no_grad()
 def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[str, Any]]:
     """One row per size bucket (and one ``all``) of ``dataset_name``: ``boxes``,
-    ``recall@0.5``, ``recall@0.7``, ``oracle_top1``, ``oracle_p_true``, ``oracle_iou``.
+    ``recall@0.5``, ``recall@0.7``, ``oracle_top1``, ``oracle_p_true``, ``oracle_iou``,
+    ``part_p_true``.
 
     Args:
         model: a trained ``GeneralizedRCNN`` (eval mode is set here).
@@ -109,6 +113,7 @@ def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[
         regressed = regressed.view(len(gt_boxes), -1, 4)  # (boxes, classes or 1, 4)
         true_box = regressed[rows, gt_classes] if regressed.shape[1] > 1 else regressed[:, 0]
         iou = matched_pairwise_iou(Boxes(true_box), Boxes(gt_boxes))
+        part_p_true = _part_probability(roi_heads, levels, gt_boxes, gt_classes)
 
         for i, area in enumerate(areas.tolist()):
             for bucket in (size_bucket(area), "all"):
@@ -118,7 +123,28 @@ def size_diagnosis(model: torch.nn.Module, cfg, dataset_name: str) -> List[Dict[
                 v["oracle_top1"].append(float(top1[i]))
                 v["oracle_p_true"].append(float(probs[i, gt_classes[i]]))
                 v["oracle_iou"].append(float(iou[i]))
-    return _bucket_table(values, percent=("recall@0.5", "recall@0.7", "oracle_top1", "oracle_p_true"))
+                v["part_p_true"].append(float(part_p_true[i]))
+    percent = ("recall@0.5", "recall@0.7", "oracle_top1", "oracle_p_true", "part_p_true")
+    return _bucket_table(values, percent=percent)
+
+
+PART = 0.6  # a corner part of a box: this fraction of its width and height (IoU 0.36 with it)
+
+
+def _part_probability(roi_heads, levels, boxes: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The box head's mean true-class probability over the four corner parts of each of
+    ``boxes`` (``(N, 4)`` XYXY; parts :data:`PART` of its width and height): how much it
+    scores a part of an object as the object, a detection AP counts as false. ``(N,)``."""
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    w, h = (x1 - x0) * PART, (y1 - y0) * PART
+    parts = torch.stack([
+        torch.stack([x0, y0, x0 + w, y0 + h], dim=1), torch.stack([x1 - w, y0, x1, y0 + h], dim=1),
+        torch.stack([x0, y1 - h, x0 + w, y1], dim=1), torch.stack([x1 - w, y1 - h, x1, y1], dim=1),
+    ], dim=1).reshape(-1, 4)  # (N * 4, 4): the four parts of box 0, then of box 1, ...
+    pooled = roi_heads.box_pooler(levels, [Boxes(parts)])
+    logits, _ = roi_heads.box_predictor(roi_heads.box_head(pooled))
+    probs = logits.softmax(dim=1)[torch.arange(len(parts)), classes.repeat_interleave(4)]
+    return probs.view(-1, 4).mean(dim=1)
 
 
 def _bucket_table(values: Dict[str, Dict[str, List[float]]], percent) -> List[Dict[str, Any]]:

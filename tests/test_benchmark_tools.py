@@ -482,6 +482,39 @@ def test_size_diagnosis_counts_every_box_and_runs_the_head_on_ground_truth(tmp_p
     assert rows["all"]["boxes"] == sum(expected.values())
     assert rows["all"]["oracle_iou"] > 0.98 and rows["all"]["recall@0.7"] < 50
     assert 0 <= rows["all"]["oracle_top1"] <= 100 and 0 < rows["all"]["oracle_p_true"] < 100
+    assert 0 < rows["all"]["part_p_true"] < 100
+
+
+def test_part_probability_scores_the_four_corner_parts_of_each_box():
+    """The head sees the four corners at 60 % of each box's width and height (IoU 0.36),
+    and each box gets the mean true-class probability of its own four parts."""
+    from types import SimpleNamespace
+
+    from detectron2.structures import Boxes, pairwise_iou
+
+    from benchmarks.object_sizes import _part_probability
+
+    seen = []
+
+    def pooler(levels, boxes):
+        seen.append(boxes[0].tensor.clone())
+        return boxes[0].tensor
+
+    def predictor(parts):  # class 0's logit: the part's x0, class 1 and background: 0
+        logits = torch.zeros(len(parts), 3)
+        logits[:, 0] = parts[:, 0] / 10
+        return logits, None
+
+    heads = SimpleNamespace(box_pooler=pooler, box_head=lambda x: x, box_predictor=predictor)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [10.0, 10.0, 60.0, 30.0]])
+    probs = _part_probability(heads, [], boxes, torch.tensor([0, 1]))
+    parts = seen[0].view(2, 4, 4)
+    assert parts[0].tolist() == [[0, 0, 6, 12], [4, 0, 10, 12], [0, 8, 6, 20], [4, 8, 10, 20]]
+    iou = pairwise_iou(Boxes(parts[1]), Boxes(boxes[1:])).flatten()
+    assert iou.tolist() == pytest.approx([0.36] * 4)
+    for box, true_class in ((0, 0), (1, 1)):
+        expected = predictor(parts[box])[0].softmax(dim=1)[:, true_class].mean()
+        assert probs[box] == pytest.approx(float(expected))
 
 
 def test_size_diagnosis_tool_refuses_a_folder_without_a_trained_model(tmp_path):

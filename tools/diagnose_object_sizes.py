@@ -28,6 +28,7 @@ from detectron2.modeling import build_model
 
 import bifpn_d2  # noqa: F401  (registers the backbones and the built-in datasets)
 from benchmarks import markdown_table, write_csv, write_text
+from benchmarks.comparison import run_folder_argument
 from benchmarks.object_sizes import dense_size_diagnosis, size_diagnosis
 from bifpn_d2.checkpoint import check_detectron2_checkpoint
 from bifpn_d2.engine import ConfigError
@@ -39,7 +40,8 @@ DIAGNOSES = {
         size_diagnosis, "Proposals and box head by object size",
         "recall@t: ground-truth boxes that a test-time RPN proposal overlaps at IoU >= t (%); "
         "oracle_*: the box head on the ground-truth boxes as proposals: top class right (%), "
-        "mean probability of the true class (%), mean IoU of the regressed box."),
+        "mean probability of the true class (%), mean IoU of the regressed box; part_p_true: mean "
+        "probability of the true class on the box's four corner parts (60 % of its width and height, %)."),
     "RetinaNet": (
         dense_size_diagnosis, "The head at each box's anchors, by object size",
         "Anchors of a box: those training assigns to it (IoU >= the foreground threshold, or its best). "
@@ -49,17 +51,11 @@ DIAGNOSES = {
 }
 
 
-def _run(text: str):
-    label, sep, folder = text.partition("=")
-    if not sep or not label or not folder:
-        raise argparse.ArgumentTypeError(f"--run takes LABEL=DIR, got {text!r}")
-    return label, folder
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=_run, action="append", required=True, metavar="LABEL=DIR")
+    parser.add_argument("--run", type=run_folder_argument, action="append", required=True,
+                        metavar="LABEL=DIR")
     parser.add_argument("--dataset", default="synthetic_shapes_dev", help="a registered dataset")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output-dir", default="output/object_sizes")
