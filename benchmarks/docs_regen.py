@@ -96,6 +96,10 @@ LARGE_PAIR_ARMS = ["retinanet/fpn", "retinanet/candidate", "retinanet/norm_ln_to
 # The same three on the Faster R-CNN pair
 FRCNN_LARGE_STUDY = "output/docs/study_frcnn_large"
 FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/norm_ln_top_p6p7_p5"]
+# The recipe with the neck's learning rate raised, beside the FPN and the recipe; the
+# Faster R-CNN diagnoses read these four arms' runs
+FRCNN_LR_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5", "faster_rcnn/norm_ln_top_p6p7_p5_lr2",
+                 "faster_rcnn/norm_ln_top_p6p7_p5_lr3"]
 CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
@@ -150,9 +154,10 @@ STEPS: List[Step] = [
     _study("neck_study_faster_rcnn_large_4seeds", FRCNN_LARGE_ARMS, ["0", "1", "2", "3"], FRCNN_LARGE_STUDY,
            (1, 3)),
     _sizes("object_sizes_retinanet", LARGE_ARMS, LARGE_STUDY, "1"),
-    _sizes("object_sizes_faster_rcnn", FRCNN_LARGE_ARMS, FRCNN_LARGE_STUDY, "2"),
+    _study("neck_study_faster_rcnn_neck_lr", FRCNN_LR_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (35, 90)),
+    _sizes("object_sizes_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY, "2"),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
-    _false_positives("false_positives_faster_rcnn", FRCNN_LARGE_ARMS, FRCNN_LARGE_STUDY),
+    _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),

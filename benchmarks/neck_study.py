@@ -220,6 +220,12 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"LR_FACTOR": "2.0"}),
     ("neck_lr2_top_efficientdet", "schedule", "neck_lr2 with EfficientDet's max-pool top block (each ahead "
      "of the candidate on Faster R-CNN's dev split)", {"LR_FACTOR": "2.0", "TOP_BLOCK": "efficientdet"}),
+    ("norm_ln_top_p6p7_p5_lr2", "schedule", "norm_ln_top_p6p7_p5 with the neck's learning rate doubled "
+     "(on the candidate, neck_lr2 narrowed Faster R-CNN's large-object gap: is the neck undertrained?)",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "LR_FACTOR": "2.0"}),
+    ("norm_ln_top_p6p7_p5_lr3", "schedule", "norm_ln_top_p6p7_p5 with the neck's learning rate tripled "
+     "(does more of what helped norm_ln_top_p6p7_p5_lr2 on dev help more?)",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "LR_FACTOR": "3.0"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,

@@ -2,7 +2,7 @@
 """Regenerate every CPU-measurable file under ``docs/`` (tables, CSVs, plots, pictures),
 one tool after another, each with the command its page shows (``benchmarks.docs_regen``):
 
-    python tools/regenerate_docs.py              # all steps: about 11-29 hours on a 2-core CPU
+    python tools/regenerate_docs.py              # all steps: about 11-30 hours on a 2-core CPU
     python tools/regenerate_docs.py --list       # the steps, their commands and times
     python tools/regenerate_docs.py --only efficientdet_size main_job
 
