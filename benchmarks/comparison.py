@@ -28,7 +28,7 @@ __all__ = [
     "mean_and_sd",
     "primary_metric",
     "read_metrics",
-    "run_folder_argument",
+    "add_run_arguments",
     "tiny_splits",
     "run_all",
     "schedule_overrides",
@@ -492,10 +492,27 @@ def run_comparison(args, prog: str, say: Callable[[str], None]) -> List[Dict[str
     return rows
 
 
-def run_folder_argument(text: str) -> Tuple[str, str]:
-    """``LABEL=DIR`` (a command line's name for a run's output directory) as
-    ``(label, dir)``; an ``argparse`` type, so a bad value is a one-line usage error."""
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_dataset: str = "synthetic_shapes_dev") -> None:
+    """The arguments of a tool that reads finished training runs: ``--run LABEL=DIR``
+    (repeated; ``args.run`` is a list of ``(label, dir)``) and ``--dataset`` (a registered
+    dataset). A malformed ``--run`` or an unregistered dataset is a one-line usage error."""
+    parser.add_argument("--run", type=_run_folder, action="append", required=True, metavar="LABEL=DIR",
+                        help="a training output directory, named LABEL in the table (repeat it)")
+    parser.add_argument("--dataset", type=_registered_dataset, default=default_dataset,
+                        help="a registered dataset")
+
+
+def _run_folder(text: str) -> Tuple[str, str]:
     label, sep, folder = text.partition("=")
     if not sep or not label or not folder:
         raise argparse.ArgumentTypeError(f"--run takes LABEL=DIR, got {text!r}")
     return label, folder
+
+
+def _registered_dataset(name: str) -> str:
+    from detectron2.data import DatasetCatalog
+
+    if name not in DatasetCatalog.list():
+        raise argparse.ArgumentTypeError(f"{name!r} is not registered")
+    return name

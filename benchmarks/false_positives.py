@@ -48,13 +48,14 @@ def classify_detections(detections: Sequence[dict], ground_truth: Sequence[dict]
         same = gt_class == detections[i]["category_id"]
         free = np.where(same & ~taken, iou[i], -1.0)
         j = int(np.argmax(free))
+        best_same_class = np.where(same, iou[i], 0.0).max()
         if free[j] >= MATCH_IOU:
             taken[j] = True
             same_bucket = size_bucket(ground_truth[j]["area"]) == size_bucket(_area(detections[i]))
             kinds[i] = "tp" if same_bucket else "tp_other"
-        elif (np.where(same, iou[i], 0.0) >= MATCH_IOU).any():
+        elif best_same_class >= MATCH_IOU:
             kinds[i] = "duplicate"
-        elif (np.where(same, iou[i], 0.0) >= PART_IOU).any():
+        elif best_same_class >= PART_IOU:
             kinds[i] = "mislocalised"
         elif (iou[i] >= MATCH_IOU).any():
             kinds[i] = "wrong_class"

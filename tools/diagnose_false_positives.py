@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
-from detectron2.data import DatasetCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 
 import bifpn_d2  # noqa: F401  (registers the built-in datasets)
 from benchmarks import markdown_table, write_csv, write_text
-from benchmarks.comparison import run_folder_argument
+from benchmarks.comparison import add_run_arguments
 from benchmarks.false_positives import false_positive_table
 
 LEGEND = (
@@ -43,16 +42,12 @@ LEGEND = (
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=run_folder_argument, action="append", required=True,
-                        metavar="LABEL=DIR")
-    parser.add_argument("--dataset", default="synthetic_shapes_dev", help="a registered dataset")
+    add_run_arguments(parser)
     parser.add_argument("--min-score", type=float, default=0.5, help="count detections scored at least this")
     parser.add_argument("--output-dir", default="output/false_positives")
     args = parser.parse_args(argv)
     if not 0.0 <= args.min_score <= 1.0:
         parser.error(f"--min-score must be in [0, 1], got {args.min_score}")
-    if args.dataset not in DatasetCatalog.list():
-        parser.error(f"--dataset {args.dataset!r} is not registered")
     results = []
     for label, folder in args.run:
         path = os.path.join(folder, "inference", args.dataset, "coco_instances_results.json")

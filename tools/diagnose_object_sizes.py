@@ -23,12 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 import bifpn_d2  # noqa: F401  (registers the backbones and the built-in datasets)
 from benchmarks import markdown_table, write_csv, write_text
-from benchmarks.comparison import run_folder_argument
+from benchmarks.comparison import add_run_arguments
 from benchmarks.object_sizes import dense_size_diagnosis, size_diagnosis
 from bifpn_d2.checkpoint import check_detectron2_checkpoint
 from bifpn_d2.engine import ConfigError
@@ -54,16 +53,12 @@ DIAGNOSES = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=run_folder_argument, action="append", required=True,
-                        metavar="LABEL=DIR")
-    parser.add_argument("--dataset", default="synthetic_shapes_dev", help="a registered dataset")
+    add_run_arguments(parser)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output-dir", default="output/object_sizes")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
-    if args.dataset not in DatasetCatalog.list():
-        parser.error(f"--dataset {args.dataset!r} is not registered")
     models = []
     for label, folder in args.run:
         config, weights = os.path.join(folder, "config.yaml"), os.path.join(folder, "model_final.pth")
