@@ -90,3 +90,25 @@ def test_tool_refuses_a_run_without_detections_in_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert f"--run FPN={tmp_path}: no " in last and "coco_instances_results.json" in last
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("[{\"image_id\": 0,", [], "is not valid JSON"),
+    ("{\"image_id\": 0}", [], "is not a list of COCO detections"),
+    ("[{\"image_id\": 0, \"score\": 0.9}]", [], "is not a list of COCO detections"),
+    ("[{\"image_id\": 99999, \"bbox\": [0, 0, 1, 1], \"score\": 0.9, \"category_id\": 1}]", [],
+     "which the ground truth does not have"),
+    ("[]", ["--min-score", "1.5"], "--min-score must be in [0, 1], got 1.5"),
+    ("[]", ["--dataset", "no_such_dataset"], "'no_such_dataset' is not registered"),
+])
+def test_tool_refuses_bad_input_in_one_line(tmp_path, content, args, message):
+    """A corrupt or foreign results file, a score out of range, an unknown dataset: exit 2,
+    one line naming the problem, nothing written."""
+    results = tmp_path / "run" / "inference" / "synthetic_shapes_tiny_val" / "coco_instances_results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(content)
+    result = _tool("--dataset", "synthetic_shapes_tiny_val", "--run", f"BiFPN={tmp_path / 'run'}",
+                   "--output-dir", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

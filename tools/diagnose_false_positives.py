@@ -29,6 +29,7 @@ from benchmarks import markdown_table, write_csv, write_text
 from benchmarks.comparison import add_run_arguments
 from benchmarks.false_positives import false_positive_table
 
+DETECTION_KEYS = {"image_id", "bbox", "score", "category_id"}  # of each entry of coco_instances_results.json
 LEGEND = (
     "Detections scored >= {score} whose box is of that size (COCO's area ranges), matched as COCO's AP50 "
     "matches them. tp: takes a ground-truth box of its class and size at IoU >= 0.5; tp_other: one of "
@@ -55,9 +56,14 @@ def main(argv=None):
             parser.error(f"--run {label}={folder}: no {path} (was the run evaluated on {args.dataset}?)")
         try:
             with open(path) as f:
-                results.append((label, json.load(f)))
-        except json.JSONDecodeError as e:
+                detections = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             parser.error(f"--run {label}: {path} is not valid JSON ({e})")
+        if not isinstance(detections, list) or not all(
+                isinstance(d, dict) and DETECTION_KEYS <= d.keys() for d in detections):
+            parser.error(f"--run {label}: {path} is not a list of COCO detections "
+                         f"(each with {', '.join(sorted(DETECTION_KEYS))})")
+        results.append((label, detections))
     with contextlib.redirect_stdout(io.StringIO()):  # the converter logs every image
         truth = convert_to_coco_dict(args.dataset)
     rows = []
