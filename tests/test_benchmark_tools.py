@@ -526,6 +526,20 @@ def test_size_diagnosis_tool_refuses_a_folder_without_a_trained_model(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "no_such_dataset"], "argument --dataset: 'no_such_dataset' is not registered"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--run", "no_label_here"], "--run takes LABEL=DIR, got 'no_label_here'"),
+])
+def test_size_diagnosis_tool_refuses_bad_arguments_in_one_line(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "diagnose_object_sizes.py"), "--run", f"FPN={tmp_path}",
+         "--output-dir", str(tmp_path / "out"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_size_diagnosis_tool_refuses_a_corrupt_weight_file(tmp_path):
     (tmp_path / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: GeneralizedRCNN\n")
     (tmp_path / "model_final.pth").write_bytes(b"not a checkpoint")
