@@ -413,14 +413,17 @@ def test_parameter_counts_equal_effdet(variant):
 
 
 @pytest.mark.parametrize("score_thresh", [0.0, 0.033])  # random weights score 0.02-0.07
-def test_batched_post_processing_equals_the_per_image_loop(score_thresh):
+@pytest.mark.parametrize("topk", [5000, 300])  # more candidates than the 2313 anchors, and fewer
+def test_batched_post_processing_equals_the_per_image_loop(score_thresh, topk):
     """Decoding, clipping and NMS of the whole batch at once (the eager path) give every
     image the detections of Detectron2's per-image loop, in the same order; images of
-    three sizes, so clipping and anchors differ per image."""
+    three sizes, so clipping and anchors differ per image. With fewer candidates than
+    anchors, the eager path picks them anchors first (``top_anchor_class_pairs``)."""
     from detectron2.modeling.meta_arch import RetinaNet
 
     cfg = tiny_efficientdet_cfg()
     cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = score_thresh
+    cfg.MODEL.EFFICIENTDET.TOPK_CANDIDATES_TEST = topk
     model = build_tiny_detector("", cfg)
     randomize_norms_and_biases(model)
     generator = torch.Generator().manual_seed(0)
@@ -440,6 +443,26 @@ def test_batched_post_processing_equals_the_per_image_loop(score_thresh):
     for b, p in zip(batched, per_image):
         assert b.image_size == p.image_size
         assert_instances_close(b, p, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 64 * 5])
+def test_top_anchor_class_pairs_equals_the_top_k_over_all_pairs(k):
+    """The k best (anchor, class) logits picked anchors first are the plain top-k's, in its
+    order: one batch of 2 images with a few classes far above the rest at some anchors
+    (a trained detector's case), several classes of one anchor among the best, and every
+    k from 1 to more pairs than anchors."""
+    from bifpn_d2.modeling.efficientdet import top_anchor_class_pairs
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 64, 5, generator=generator) - 4.0
+    logits[0, 10] += 9.0  # every class of anchor 10 above every other logit of image 0
+    logits[1, 3, 2] += 6.0
+    logits[1, 50, :3] += 5.0
+    values, anchors, classes = top_anchor_class_pairs(logits, k)
+    expected_values, expected = logits.flatten(1).topk(k, dim=1)
+    assert values.shape == anchors.shape == classes.shape == (2, k)
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
+    assert torch.equal(anchors * 5 + classes, expected)
 
 
 @needs_effdet
