@@ -100,6 +100,11 @@ FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/nor
 # Faster R-CNN diagnoses read these four arms' runs
 FRCNN_LR_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5", "faster_rcnn/norm_ln_top_p6p7_p5_lr2",
                  "faster_rcnn/norm_ln_top_p6p7_p5_lr3"]
+# Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
+# and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
+SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
+SEGMENTATION_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/candidate", "mask_rcnn/norm_ln_top_p6p7_p5",
+                        "semantic_fpn/fpn", "semantic_fpn/candidate", "semantic_fpn/norm_ln"]
 CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
@@ -156,6 +161,7 @@ STEPS: List[Step] = [
     _sizes("object_sizes_retinanet", LARGE_ARMS, LARGE_STUDY, "1"),
     _study("neck_study_faster_rcnn_neck_lr", FRCNN_LR_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (35, 90)),
     _sizes("object_sizes_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY, "2"),
+    _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
