@@ -465,6 +465,27 @@ def test_top_anchor_class_pairs_equals_the_top_k_over_all_pairs(k):
     assert torch.equal(anchors * 5 + classes, expected)
 
 
+def test_grouped_nms_equals_batched_nms():
+    """NMS group by group on a CPU keeps Detectron2's batched_nms's boxes in its order (by
+    decreasing score): overlapping boxes in groups with gaps between their ids, a group
+    of one box, and no boxes at all."""
+    from detectron2.layers import batched_nms
+
+    from bifpn_d2.modeling.efficientdet import grouped_nms
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(600, 2, generator=generator) * 60
+    boxes = torch.cat([corners, corners + 8 + torch.rand(600, 2, generator=generator) * 30], dim=1)
+    scores = torch.rand(600, generator=generator)
+    groups = torch.randint(0, 6, (600,), generator=generator) * 3  # ids 0, 3, ..., 15
+    groups[0] = 40
+    expected = batched_nms(boxes, scores, groups, 0.5)
+    assert 0 < len(expected) < 500, "some boxes are suppressed, some kept"
+    assert torch.equal(grouped_nms(boxes, scores, groups, 0.5), expected)
+    empty = grouped_nms(boxes[:0], scores[:0], groups[:0], 0.5)
+    assert empty.shape == (0,)
+
+
 @needs_effdet
 def test_profile_tool_runs(tmp_path):
     """tools/profile_model.py at a smoke size: every stage of both detectors has a time,

@@ -25,8 +25,9 @@ EfficientDet) and the paper do it:
   mode the whole batch is decoded at once: top-k on the logits of every image together,
   the best anchors first and then their classes (:func:`top_anchor_class_pairs`; the
   sigmoid, monotonic, only on the candidates), one gather of their regressions and
-  anchors, one clipping, and one NMS call for the batch (the image index folded into the
-  class, as Detectron2 folds classes); tracing and scripting keep the per-image loop.
+  anchors, one clipping, and NMS for the batch with the image index folded into the class,
+  as Detectron2 folds classes (:func:`grouped_nms`); tracing and scripting keep the
+  per-image loop.
   ``False`` gives Detectron2's RetinaNet rule (top-k per level, clipping after NMS).
 
 Left as Detectron2 does it, differing from effdet only in a corner case: box decoding
@@ -37,7 +38,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms, cat
+from detectron2.layers import ShapeSpec, batched_nms, cat, nms
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -53,7 +54,7 @@ from ..layers.checks import check_positive, naming_keys
 from .efficientdet_head import EfficientDetHead
 
 __all__ = ["EFFICIENTDET_ANCHOR_SHAPES", "BestAnchorMatcher", "EfficientDet", "EfficientDetAnchorGenerator",
-           "sparse_focal_loss", "top_anchor_class_pairs"]
+           "grouped_nms", "sparse_focal_loss", "top_anchor_class_pairs"]
 
 # The head's arguments that MODEL.EFFICIENTDET keys set, for errors that name the key.
 _HEAD_KEYS = {"norm": "MODEL.EFFICIENTDET.NORM", "activation": "MODEL.EFFICIENTDET.ACTIVATION"}
@@ -81,6 +82,22 @@ def top_anchor_class_pairs(logits: Tensor, k: int) -> Tuple[Tensor, Tensor, Tens
     values, idxs = rows.flatten(1).topk(k, dim=1)
     anchor_idxs = torch.gather(top_anchors, 1, torch.div(idxs, num_classes, rounding_mode="floor"))
     return values, anchor_idxs, idxs % num_classes
+
+
+def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Detectron2's ``batched_nms`` (NMS within each group, kept indices by decreasing
+    score) for the ``(R, 4)`` boxes, ``(R,)`` scores and ``(R,)`` integer groups of a whole
+    batch on a CPU: one sort by group and one NMS per group's slice, where ``batched_nms``
+    compares every box with every group id (8 images x 90 classes: 720 passes over 40,000
+    boxes). On a GPU it is ``batched_nms`` (no host sync)."""
+    if boxes.is_cuda or boxes.numel() == 0:
+        return batched_nms(boxes, scores, groups, iou_threshold)
+    order = torch.argsort(groups, stable=True)
+    counts = torch.bincount(groups).tolist()
+    kept = [members[nms(boxes[members], scores[members], iou_threshold)]
+            for members in torch.split(order, counts) if len(members)]
+    keep = torch.cat(kept)
+    return keep[torch.sort(scores[keep], descending=True).indices]
 
 
 def sparse_focal_loss(
@@ -413,7 +430,7 @@ class EfficientDet(RetinaNet):
         image_idxs = torch.arange(num_images, device=boxes.device).repeat_interleave(k)
         scores, classes = scores.reshape(-1), classes.reshape(-1)
         kept = torch.nonzero(scores > self.test_score_thresh).squeeze(1)
-        keep = kept[batched_nms(boxes[kept], scores[kept], (image_idxs * num_classes + classes)[kept],
+        keep = kept[grouped_nms(boxes[kept], scores[kept], (image_idxs * num_classes + classes)[kept],
                                 self.test_nms_thresh)]  # by score, best first, all images
         keep = keep[torch.sort(image_idxs[keep], stable=True).indices]  # grouped by image, still by score
         counts = torch.bincount(image_idxs[keep], minlength=num_images).tolist()  # the one host sync
