@@ -492,7 +492,6 @@ def run_comparison(args, prog: str, say: Callable[[str], None]) -> List[Dict[str
     return rows
 
 
-
 def add_run_arguments(parser: argparse.ArgumentParser, default_dataset: str = "synthetic_shapes_dev") -> None:
     """The arguments of a tool that reads finished training runs: ``--run LABEL=DIR``
     (repeated; ``args.run`` is a list of ``(label, dir)``) and ``--dataset`` (a registered

@@ -75,10 +75,11 @@ def top_anchor_class_pairs(logits: Tensor, k: int) -> Tuple[Tensor, Tensor, Tens
     per such anchor, are at least that), so its anchor is among those ``k``."""
     num_images, num_anchors, num_classes = logits.shape
     if k > num_anchors:  # fewer anchors than candidates: no anchor can be left out
-        values, idxs = logits.flatten(1).topk(k, dim=1)
-        return values, torch.div(idxs, num_classes, rounding_mode="floor"), idxs % num_classes
-    top_anchors = logits.amax(dim=2).topk(k, dim=1).indices  # (N, k)
-    rows = torch.gather(logits, 1, top_anchors.unsqueeze(-1).expand(-1, -1, num_classes))  # (N, k, K)
+        top_anchors = torch.arange(num_anchors, device=logits.device).expand(num_images, -1)
+        rows = logits
+    else:
+        top_anchors = logits.amax(dim=2).topk(k, dim=1).indices  # (N, k)
+        rows = torch.gather(logits, 1, top_anchors.unsqueeze(-1).expand(-1, -1, num_classes))  # (N, k, K)
     values, idxs = rows.flatten(1).topk(k, dim=1)
     anchor_idxs = torch.gather(top_anchors, 1, torch.div(idxs, num_classes, rounding_mode="floor"))
     return values, anchor_idxs, idxs % num_classes
