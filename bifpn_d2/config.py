@@ -9,9 +9,10 @@ Call :func:`add_bifpn_config` on a Detectron2 config before ``merge_from_file``:
 Every new key has a default that works with Detectron2's own configs of every FPN
 meta-architecture (RetinaNet, Faster / Mask / Cascade / Keypoint R-CNN, Panoptic FPN,
 semantic FPN), so switching neck takes only ``MODEL.BACKBONE.NAME``: the BiFPN then takes
-the width of ``MODEL.FPN.OUT_CHANNELS``, GN, and pads images as Detectron2's FPN does, and
-its cells are the neck study's recipe (3 residual cells, learned P6/P7 from C5;
-``docs/neck_study.md``). EfficientDet's configs set EfficientDet's own cells explicitly.
+the width of ``MODEL.FPN.OUT_CHANNELS`` and pads images as Detectron2's FPN does, and its
+cells are the neck study's recipe, chosen on its dev split (``docs/study.md``): 3 residual
+cells with LN, and P6/P7 (P6 for R-CNN pyramids) made after them from their P5 by strided
+convs. EfficientDet's configs set EfficientDet's own cells explicitly.
 
 The BiFPN keys take their defaults from the constructors' (:class:`CellOptions`,
 :data:`BIFPN_STYLE`), so ``BiFPN(bottom_up, features, width, top_block=...)`` and a config
@@ -23,6 +24,7 @@ from detectron2.config import CfgNode as CN
 from .layers.checks import check_choice, check_positive
 from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
 from .modeling.pyramid_cell import DEFAULT_CELL as _CELL
+from .modeling.top_blocks import DEFAULT_BIFPN_TOP_BLOCK
 
 __all__ = ["add_bifpn_config", "check_choice", "check_positive"]
 
@@ -60,10 +62,12 @@ def add_bifpn_config(cfg: CN) -> CN:
     cfg.MODEL.BIFPN.ACTIVATION = _CELL.activation  # "swish"
     cfg.MODEL.BIFPN.SEPARABLE_CONV = _CELL.separable_conv  # True: separable 3x3; False: dense 3x3
     # Detectron2's norm names: "BN" | "SyncBN" | "nnSyncBN" | "naiveSyncBN" | "naiveSyncBN_N"
-    # | "FrozenBN" | "GN" | "LN" | "". GN by default: independent of the batch size (a
-    # Detectron2 R-CNN config trains 2 images per GPU, too few for BN); EfficientDet's
-    # configs set BN or SyncBN.
-    cfg.MODEL.BIFPN.NORM = BIFPN_STYLE.norm  # "GN"
+    # | "FrozenBN" | "GN" | "LN" | "". LN by default: independent of the batch size (a
+    # Detectron2 R-CNN config trains 2 images per GPU, too few for BN) and, unlike GN, no
+    # statistics over a coarse level's few pixels (ahead of GN on the neck study's dev split
+    # for RetinaNet, Faster and Mask R-CNN, level for semantic FPN); EfficientDet's configs
+    # set BN or SyncBN.
+    cfg.MODEL.BIFPN.NORM = BIFPN_STYLE.norm  # "LN"
     # EfficientDet's BN: eps 1e-3, momentum 0.01 (the defaults).
     cfg.MODEL.BIFPN.NORM_EPS = BIFPN_STYLE.norm_eps
     cfg.MODEL.BIFPN.NORM_MOMENTUM = BIFPN_STYLE.norm_momentum
@@ -75,8 +79,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # (RetinaNet's strided 3x3 convs from the last input, learned; one level, P6, for R-CNN
     # pyramids) or "efficientdet" (1x1 conv + norm + max-pools, EfficientDet's); or made
     # after the cells from their last output: "maxpool" (P6 only, as Detectron2's FPN makes
-    # Faster R-CNN's) or "p6p7_p5" (FCOS's strided convs from P5).
-    cfg.MODEL.BIFPN.TOP_BLOCK = "p6p7_c5"
+    # Faster R-CNN's) or "p6p7_p5" (FCOS's strided convs from P5; the default, chosen with LN
+    # on the neck study's dev split: no cell and no norm on the coarsest levels, as the FPN's).
+    cfg.MODEL.BIFPN.TOP_BLOCK = DEFAULT_BIFPN_TOP_BLOCK  # "p6p7_p5"
     # Cell convs: "xavier_uniform" | "c2_xavier" (Detectron2's FPN).
     cfg.MODEL.BIFPN.CONV_INIT = _CELL.conv_init  # "xavier_uniform"
     # Residual cells: each cell whose inputs have the neck's width adds them to its outputs

@@ -20,10 +20,11 @@ Top blocks (the levels above the last input):
   with ``fuse_type="sum"`` the parameter names are Detectron2's and its checkpoints load.
 - :func:`use_bifpn` replaces them by the BiFPN's own top block (``top_block_type``, the
   values of ``MODEL.BIFPN.TOP_BLOCK``), making as many levels (P6 for ``LastLevelMaxPool``,
-  P6-P7 for ``LastLevelP6P7``). The default, ``"p6p7_c5"`` (strided 3x3 convs over the
-  *last bottom-up level*, like ``"efficientdet"``: 1x1 conv + norm + max-pools), makes
-  them before the cells, which fuse them; ``"maxpool"`` and ``"p6p7_p5"`` make them after
-  the cells from the pyramid's own last level, as Detectron2's FPN does.
+  P6-P7 for ``LastLevelP6P7``). The default, ``"p6p7_p5"`` (strided 3x3 convs), and
+  ``"maxpool"`` make them after the cells from the pyramid's own last level, as Detectron2's
+  FPN does; ``"p6p7_c5"`` (the same convs over the *last bottom-up level*) and
+  ``"efficientdet"`` (1x1 conv + norm + max-pools) make them before the cells, which fuse
+  them.
 """
 from dataclasses import asdict
 from typing import Any, Sequence
@@ -42,7 +43,7 @@ from .modeling import BiFPN, CellOptions, ConvP6P7TopBlock, MaxPoolTopBlock, Wei
 from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
 from .modeling.builders import BIFPN_TOP_BLOCKS, bifpn_options
 from .modeling.pyramid_cell import DEFAULT_CELL
-from .modeling.top_blocks import make_top_block
+from .modeling.top_blocks import DEFAULT_BIFPN_TOP_BLOCK, make_top_block
 
 __all__ = ["bifpn_backbone", "use_bifpn", "use_weighted_fpn"]
 
@@ -57,15 +58,15 @@ def bifpn_backbone(
     in_features: Sequence[str],
     out_channels: int,
     extra_levels: int,
-    top_block_type: str = "p6p7_c5",
+    top_block_type: str = DEFAULT_BIFPN_TOP_BLOCK,
     num_cells: int = DEFAULT_NUM_CELLS,
     cell: CellOptions = DEFAULT_CELL,
     style: LayerStyle = BIFPN_STYLE,
 ) -> BiFPN:
     """A :class:`BiFPN` over ``in_features`` of ``bottom_up`` with ``extra_levels`` levels
     above the last of them, made as ``MODEL.BIFPN.TOP_BLOCK`` says (``top_block_type``:
-    ``"p6p7_c5"``, strided convs from the last input, up to 2 levels; ``"efficientdet"``,
-    1x1 conv + max-pools; ``"maxpool"`` or ``"p6p7_p5"`` from the cells' last output):
+    ``"p6p7_p5"`` or ``"maxpool"`` from the cells' last output; ``"p6p7_c5"``, strided
+    convs from the last input, up to 2 levels; ``"efficientdet"``, 1x1 conv + max-pools):
     the target :func:`use_bifpn` gives ``model.backbone``, since the last input level is
     known only once the bottom-up network is built. ``num_cells``, ``cell`` and ``style``:
     as :class:`BiFPN`'s."""

@@ -23,7 +23,7 @@ def small_cfg(builder_name: str):
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.MODEL.BIFPN.OUT_CHANNELS = 32
     cfg.MODEL.BIFPN.NUM_CELLS = 2
-    cfg.MODEL.BIFPN.NORM = "BN"  # EfficientDet's (the default, GN, is tested in test_drop_in.py)
+    cfg.MODEL.BIFPN.NORM = "BN"  # EfficientDet's (the default, LN, is tested in test_drop_in.py)
     retinanet = "retinanet" in builder_name
     if "efficientnet" in builder_name:
         cfg.MODEL.FPN.IN_FEATURES = ["c3", "c4", "c5"] if retinanet else ["c2", "c3", "c4", "c5"]

@@ -53,7 +53,8 @@ MODEL:
   BIFPN:
     OUT_CHANNELS: 32
     NUM_CELLS: 2
-    NORM: "BN"  # EfficientDet's, which folding removes (the default, GN, stays)
+    NORM: "BN"  # EfficientDet's, which folding removes (the default, LN, stays)
+    TOP_BLOCK: "p6p7_c5"  # P6/P7 through the cells: fusion at every level, BN on a 1x1 P7
   RETINANET:
     NUM_CLASSES: 3
     NUM_CONVS: 1

@@ -18,7 +18,7 @@ from bifpn_d2 import (
     MaxPoolTopBlock,
 )
 from bifpn_d2.config import add_bifpn_config
-from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS, LayerStyle
+from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS, ChannelLayerNorm, LayerStyle
 from bifpn_d2.modeling.bifpn import BIFPN_STYLE, CONV_INITS
 from bifpn_d2.modeling.builders import bifpn_options
 
@@ -69,6 +69,29 @@ def _train_step(**options):
 @pytest.mark.parametrize("norm", NORMS)
 def test_norms(norm):
     _train_step(norm=norm)
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
+def test_channel_layer_norm_is_detectron2s_ln(channels_last):
+    """"LN" is Detectron2's LayerNorm (same values and parameter names, so its checkpoints
+    load), keeps the input's memory layout, and under autocast stays in low precision."""
+    from detectron2.layers.batch_norm import LayerNorm
+
+    torch.manual_seed(0)
+    reference = LayerNorm(12, eps=1e-3)
+    reference.weight.data.uniform_(0.5, 1.5)
+    reference.bias.data.uniform_(-0.5, 0.5)
+    ours = ChannelLayerNorm(12, eps=1e-3)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 12, 7, 9) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = ours(x)
+    torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-5)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=layout)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x.bfloat16()).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -162,7 +185,7 @@ def test_defaults_are_the_config_defaults():
     options = bifpn_options(add_bifpn_config(get_cfg()))
     assert options["cell"] == CellOptions() and options["style"] == BIFPN_STYLE
     assert len(model.cells) == options["num_cells"] == 3
-    assert isinstance(model.cells[1].nodes[0].conv.norm, nn.GroupNorm) and model.cells[1].residual
+    assert isinstance(model.cells[1].nodes[0].conv.norm, ChannelLayerNorm) and model.cells[1].residual
     assert model.channels_last
 
 

@@ -88,13 +88,13 @@ def test_efficientnet_freeze_at(freeze_at, frozen_prefixes):
 @pytest.mark.parametrize("max_level", [5, 8])
 def test_bifpn_level_ranges(graph, max_level):
     """Any contiguous range of >= 3 levels within P2-P8, for both graphs. The default top
-    block (strided convs from C5) makes up to 2 levels, so P8 over res2-res5 takes
-    EfficientDet's (max-pools), and the default says so."""
+    block (strided convs from the cells' P5) makes up to 2 levels, so P8 over res2-res5
+    takes EfficientDet's (max-pools), and the default says so."""
     cfg = small_cfg("build_resnet_bifpn_backbone")
     cfg.MODEL.BIFPN.GRAPH = graph
     cfg.MODEL.BIFPN.MAX_LEVEL = max_level
     if max_level == 8:
-        with pytest.raises(ValueError, match="'p6p7_c5' makes at most 2 level.*use 'efficientdet'"):
+        with pytest.raises(ValueError, match="'p6p7_p5' makes at most 2 level.*use 'efficientdet'"):
             BACKBONE_REGISTRY.get("build_resnet_bifpn_backbone")(cfg, ShapeSpec(channels=3))
         cfg.MODEL.BIFPN.TOP_BLOCK = "efficientdet"
     backbone = BACKBONE_REGISTRY.get("build_resnet_bifpn_backbone")(cfg, ShapeSpec(channels=3))

@@ -295,9 +295,10 @@ def test_lazy_bifpn_takes_the_yaml_defaults_and_options():
     use_bifpn(model_cfg, num_cells=2)
     yaml_defaults = bifpn_d2.add_bifpn_config(get_cfg()).MODEL.BIFPN
     assert model_cfg.backbone.num_cells == 2 and model_cfg.backbone.style.norm == yaml_defaults.NORM
-    assert model_cfg.backbone.extra_levels == 2  # FCOS's P6-P7 (from P5) become P6-P7 from res5
+    assert model_cfg.backbone.extra_levels == 2  # FCOS's P6-P7 from P5, made after the cells
     backbone = instantiate(model_cfg.backbone)
-    assert len(backbone.cells) == 2 and backbone.top_block.in_feature == "res5"
+    assert len(backbone.cells) == 2 and backbone.top_block.in_feature == "p5"
+    assert type(backbone.cells[0].nodes[0].conv.norm).__name__ == "ChannelLayerNorm"
 
 
 def test_lazy_helpers_refuse_what_they_cannot_translate():

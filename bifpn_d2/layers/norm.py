@@ -9,13 +9,17 @@ and momentum 0.01).
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
-from detectron2.layers.batch_norm import LayerNorm
 from torch import nn
 
 from .checks import check_choice
 
-__all__ = ["ACTIVATIONS", "NORMS", "LayerStyle", "canonical_norm", "make_activation", "make_norm"]
+__all__ = [
+    "ACTIVATIONS", "NORMS", "ChannelLayerNorm", "LayerStyle", "canonical_norm", "make_activation",
+    "make_norm",
+]
 
 # Detectron2's names ("" = no normalization).
 NORMS = ("BN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "FrozenBN", "GN", "LN", "")
@@ -34,6 +38,28 @@ def canonical_norm(norm: str) -> str:
     norm = _ALIASES.get(norm, norm)
     check_choice("norm", norm, NORMS)
     return norm
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LN over the channels of each pixel: ``(N, C, H, W) -> (N, C, H, W)``, Detectron2's
+    ``"LN"`` (the same ``weight`` and ``bias``, so its checkpoints load).
+
+    Detectron2's ``LayerNorm`` computes it in five elementwise passes, several times GN's
+    time on a CPU, and returns float32 under autocast (its float32 weight promotes the result).
+    This runs PyTorch's fused ``layer_norm`` on the channels-last view of the map: one
+    pass, as fast as GN, in the input's dtype under autocast. The output keeps the input's
+    memory layout.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        y = y.permute(0, 3, 1, 2)
+        if x.is_contiguous() and not y.is_contiguous():
+            y = y.contiguous()  # an NCHW input (not channels-last) gets an NCHW output
+        return y
 
 
 def make_norm(norm: str, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> Optional[nn.Module]:
@@ -62,7 +88,7 @@ def make_norm(norm: str, channels: int, eps: float = 1e-5, momentum: float = 0.1
     if norm == "FrozenBN":
         return FrozenBatchNorm2d(channels, eps=eps)
     if norm == "LN":
-        return LayerNorm(channels, eps=eps)
+        return ChannelLayerNorm(channels, eps=eps)
     groups = 32
     while channels % groups:
         groups //= 2

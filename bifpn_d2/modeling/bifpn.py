@@ -23,9 +23,11 @@ __all__ = ["BIFPN_STYLE", "BiFPN", "CONV_INITS", "DEFAULT_NUM_CELLS"]
 CONV_INITS = ("xavier_uniform", "c2_xavier")
 
 
-# The neck's layers when none are given: the defaults of MODEL.BIFPN.NORM and its siblings
-# (GN: independent of the batch size, which Detectron2's R-CNN configs keep small).
-BIFPN_STYLE = LayerStyle(norm="GN")
+# The neck's layers when none are given: the defaults of MODEL.BIFPN.NORM and its siblings.
+# LN (over the channels of each pixel): independent of the batch size, which Detectron2's
+# R-CNN configs keep small, and, unlike GN, no statistics over a coarse level's few pixels;
+# chosen on the neck study's dev split (docs/study.md).
+BIFPN_STYLE = LayerStyle(norm="LN")
 DEFAULT_NUM_CELLS = 3  # MODEL.BIFPN.NUM_CELLS
 
 
