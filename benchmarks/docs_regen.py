@@ -105,6 +105,10 @@ FRCNN_LR_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5", "faster_r
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
 SEGMENTATION_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/candidate", "mask_rcnn/norm_ln_top_p6p7_p5",
                         "semantic_fpn/fpn", "semantic_fpn/candidate", "semantic_fpn/norm_ln"]
+# Semantic FPN: the BiFPN arms beyond norm (its pyramid stops at P5: no top block arms),
+# beside the FPN and the shipped candidate, in the same runs directory
+SEMANTIC_ARMS = [f"semantic_fpn/{arm}" for arm in ("fpn", "candidate", "plain", "residual_scale1", "cells6",
+                                                    "channel_fast_normalized", "neck_lr2")]
 CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
@@ -162,6 +166,7 @@ STEPS: List[Step] = [
     _study("neck_study_faster_rcnn_neck_lr", FRCNN_LR_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (35, 90)),
     _sizes("object_sizes_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY, "2"),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
+    _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
