@@ -80,9 +80,12 @@ def test_backbone_torch_export_dynamic(builder):
             assert _max_diff(backbone(x), exported(x)) <= TOL
 
 
-@pytest.mark.parametrize("builder", [RETINA_BIFPN, RCNN_FPN])
-def test_backbone_onnx_dynamic(builder, tmp_path):
-    backbone = build_tiny_backbone(builder)
+@pytest.mark.parametrize("builder, norm", [(RETINA_BIFPN, "BN"), (RETINA_BIFPN, "LN"), (RCNN_FPN, "BN")])
+def test_backbone_onnx_dynamic(builder, norm, tmp_path):
+    """LN: the BiFPN's default norm (ChannelLayerNorm), exported as ONNX's LayerNormalization."""
+    cfg = tiny_cfg(builder)
+    cfg.MODEL.BIFPN.NORM = norm
+    backbone = build_tiny_backbone(builder, cfg)
     names = backbone.output_shape()
     path = str(tmp_path / "backbone.onnx")
     axes = {"x": {0: "batch", 2: "height", 3: "width"}}
