@@ -105,6 +105,8 @@ FRCNN_LR_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5", "faster_r
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
 SEGMENTATION_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/candidate", "mask_rcnn/norm_ln_top_p6p7_p5",
                         "semantic_fpn/fpn", "semantic_fpn/candidate", "semantic_fpn/norm_ln"]
+# Mask R-CNN's FPN and shipped LN recipe over 4 seeds (seeds 2 3 added to the runs above)
+MASK_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/norm_ln_top_p6p7_p5"]
 # Semantic FPN: the BiFPN arms beyond norm (its pyramid stops at P5: no top block arms),
 # beside the FPN and the shipped candidate, in the same runs directory
 SEMANTIC_ARMS = [f"semantic_fpn/{arm}" for arm in ("fpn", "candidate", "plain", "residual_scale1", "cells6",
@@ -167,6 +169,8 @@ STEPS: List[Step] = [
     _sizes("object_sizes_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY, "2"),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
+    _study("neck_study_mask_rcnn_4seeds", MASK_LN_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
+           (40, 120)),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
