@@ -165,7 +165,9 @@ def train_effdet(cfg, args, effdet_init: Path, effdet_name: str = EFFDET_NAME) -
     default_setup(cfg, args)  # as tools/train_net.py: logging, seeding, config.yaml
     ours = Trainer(cfg)  # the same model, loader and random draws as our side builds
     loader = ours._trainer.data_loader
-    bench = DetBenchTrain(reference, create_labeler=True).train()
+    device = torch.device(cfg.MODEL.DEVICE)
+    # .to(device) moves `reference` with the bench (its anchors are built on the CPU)
+    bench = DetBenchTrain(reference, create_labeler=True).to(device).train()
     params = get_default_optimizer_params(reference, base_lr=cfg.SOLVER.BASE_LR,
                                           weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
                                           bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
@@ -186,6 +188,7 @@ def train_effdet(cfg, args, effdet_init: Path, effdet_name: str = EFFDET_NAME) -
             images = ours.model.preprocess_image(batched_inputs)
             data_time = time.perf_counter() - start
             target = effdet_target([d["instances"] for d in batched_inputs], tuple(images.tensor.shape[-2:]))
+            target = {key: value.to(device) for key, value in target.items()}
             output = bench(images.tensor, target)
             optimizer.zero_grad()
             output["loss"].backward()

@@ -220,12 +220,13 @@ class _Networks:
         self.mean = ours.pixel_mean.view(1, 3, 1, 1)
         self.std = ours.pixel_std.view(1, 3, 1, 1)
 
-    def compile(self) -> None:
-        """Compiled copies for inference (static shapes: each batch size compiles anew)."""
+    def compile(self, mode: Optional[str] = None) -> None:
+        """Compiled copies for inference (static shapes: each batch size compiles anew);
+        ``mode``: as ``torch.compile``'s (e.g. "reduce-overhead": CUDA graphs on a GPU)."""
         effdet = _import_effdet()
-        self.ours_compiled = compile_model(copy.deepcopy(self.ours), dynamic=False)
+        self.ours_compiled = compile_model(copy.deepcopy(self.ours), mode=mode, dynamic=False)
         network = copy.deepcopy(self.reference)
-        network.compile(dynamic=False)
+        network.compile(mode=mode, dynamic=False)
         self.predict_compiled = effdet.DetBenchPredict(network).to(self.mean.device).eval()
 
 
@@ -331,6 +332,7 @@ def race_rows(
     device: str = "cpu",
     precisions: Sequence[str] = ("fp32",),
     compiled: bool = False,
+    compile_mode: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """Race ours against effdet's ``efficientdet_<variant>`` (PyTorch padding, the flavour
     of our configs): for each variant, thread count (CPU) or precision (GPU) and batch
@@ -344,6 +346,8 @@ def race_rows(
         device: "cpu" or "cuda"; on "cuda" ``threads`` is ignored.
         precisions: "fp32" and/or "amp" (float16 autocast; "amp" needs ``device="cuda"``).
         compiled: also race compiled inference (see the module docstring).
+        compile_mode: ``torch.compile``'s ``mode`` for both compiled contestants (default:
+            torch's; "reduce-overhead" replays CUDA graphs on a GPU).
     Returns:
         rows with milliseconds per contestant (medians) and ``ours / effdet best`` ratios.
     """
@@ -364,7 +368,7 @@ def race_rows(
         difference = _relative_difference(reference, ours, torch.randn(1, 3, *size, device=device))
         networks = _Networks(reference, ours, device)
         if compiled:
-            networks.compile()
+            networks.compile(compile_mode)
         for num_threads in threads:
             torch.set_num_threads(num_threads)
             where = {"threads": num_threads} if device.type == "cpu" else {"device": device.type}
@@ -386,6 +390,7 @@ def race_rows(
                     if "ours compiled" in ms:
                         row["ours compiled / effdet compiled"] = ms["ours compiled"] / ms["effdet compiled"]
                         row["ours compiled / ours"] = ms["ours compiled"] / ms["ours"]
+                        row["compile mode"] = compile_mode or "default"
                         row.update(first_calls)
                     row["target"] = RACE_TARGET
                     row["output difference (relative)"] = difference

@@ -78,8 +78,8 @@ def _effdet_stages(bench, pixels: torch.Tensor, mean: torch.Tensor, std: torch.T
 def _training_stages(ours, bench_train, pixels: torch.Tensor, mean, std) -> Dict[str, Callable[[], Any]]:
     height, width = pixels.shape[-2:]
     scale = torch.tensor([width, height, width, height], dtype=torch.float)
-    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]) * scale
-    classes = torch.tensor([0, 1])
+    boxes = (torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]) * scale).to(pixels.device)
+    classes = torch.tensor([0, 1], device=pixels.device)
     inputs = [{"image": image, "instances": Instances((height, width), gt_boxes=Boxes(boxes),
                                                       gt_classes=classes)} for image in pixels]
     target = {"bbox": boxes[:, [1, 0, 3, 2]].expand(len(pixels), -1, -1),
@@ -114,28 +114,32 @@ def profile_rows(
     warmup: int = 1,
     config_root: str = "configs",
     size: Sequence[int] = (),
+    device: str = "cpu",
 ) -> List[Dict[str, Any]]:
     """One row per (batch size, phase, stage) with ``ours ms``, ``effdet ms``, their ratio
-    and each stage's share of its detector's stage sum; on the CPU with ``threads``."""
+    and each stage's share of its detector's stage sum; on ``device`` ("cpu", with
+    ``threads``, or "cuda": every stage synchronised before and after)."""
     import copy
 
     effdet = _import_effdet()
     torch.set_num_threads(threads)
     name = f"efficientdet_{variant.lower()}"
     size = list(size) or list(effdet.get_efficientdet_config(name).image_size)
-    reference, ours = build_pair(variant, name, torch.device("cpu"), config_root, size)
-    bench = effdet.DetBenchPredict(reference).eval()
-    bench_train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True).train()
+    device = torch.device(device)
+    reference, ours = build_pair(variant, name, device, config_root, size)
+    # .to(device): the benches build their anchors on the CPU
+    bench = effdet.DetBenchPredict(reference).to(device).eval()
+    bench_train = effdet.DetBenchTrain(copy.deepcopy(reference), create_labeler=True).to(device).train()
     ours_train = copy.deepcopy(ours).train()
     mean, std = ours.pixel_mean.view(1, 3, 1, 1), ours.pixel_std.view(1, 3, 1, 1)
     rows: List[Dict[str, Any]] = []
     for batch in batch_sizes:
-        pixels = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
+        pixels = (torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)) * 255).to(device)
         ours_stages, effdet_stages = _our_stages(ours, pixels), _effdet_stages(bench, pixels, mean, std)
         fns = {f"ours: {k}": v for k, v in ours_stages.items()}
         fns.update({f"effdet: {k}": v for k, v in effdet_stages.items()})
         with torch.no_grad():
-            ms = {k: 1000 * median(v) for k, v in interleaved_times(fns, repeats, warmup).items()}
+            ms = {k: 1000 * median(v) for k, v in interleaved_times(fns, repeats, warmup, device).items()}
         ours_sum = sum(ms[f"ours: {k}"] for k in ours_stages if k != "whole")
         effdet_sum = sum(ms[f"effdet: {k}"] for k in effdet_stages if k != "whole")
         totals = ("stage sum", "whole")
@@ -143,14 +147,15 @@ def profile_rows(
             o = ours_sum if stage == "stage sum" else ms[f"ours: {stage}"]
             e = effdet_sum if stage == "stage sum" else ms.get(f"effdet: {stage}")
             rows.append({
-                "variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch, "threads": threads,
-                "phase": "inference", "stage": stage, "ours ms": o, "effdet ms": e if e is not None else "-",
+                "variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch, "device": device.type,
+                "threads": threads if device.type == "cpu" else "-", "phase": "inference", "stage": stage,
+                "ours ms": o, "effdet ms": e if e is not None else "-",
                 "ours / effdet": o / e if e else "-",
                 "ours share": o / ours_sum if stage not in totals else "-",
                 "effdet share": e / effdet_sum if e is not None and stage not in totals else "-",
             })
         steps = _training_stages(ours_train, bench_train, pixels, mean, std)
-        t = {k: 1000 * median(v) for k, v in interleaved_times(steps, repeats, warmup).items()}
+        t = {k: 1000 * median(v) for k, v in interleaved_times(steps, repeats, warmup, device).items()}
         for stage, ours_ms, effdet_ms in (
             ("forward (losses)", t["ours: forward (losses)"], t["effdet: forward (losses)"]),
             ("backward", t["ours: forward + backward"] - t["ours: forward (losses)"],
@@ -158,8 +163,9 @@ def profile_rows(
             ("whole step", t["ours: forward + backward"], t["effdet: forward + backward"]),
         ):
             rows.append({
-                "variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch, "threads": threads,
-                "phase": "training step", "stage": stage, "ours ms": ours_ms, "effdet ms": effdet_ms,
+                "variant": variant, "input": f"{size[0]}x{size[1]}", "batch": batch, "device": device.type,
+                "threads": threads if device.type == "cpu" else "-", "phase": "training step", "stage": stage,
+                "ours ms": ours_ms, "effdet ms": effdet_ms,
                 "ours / effdet": ours_ms / effdet_ms, "ours share": "-", "effdet share": "-",
             })
     return rows

@@ -388,6 +388,46 @@ def test_race_precision_is_checked():
     assert _in_precision(lambda: 3, torch.device("cpu"), "fp32")() == 3
 
 
+@needs_effdet
+def test_race_compiles_both_detectors_in_the_mode_asked(monkeypatch):
+    """``race_rows(compile_mode=...)``: our compiled parts and effdet's network get the same
+    ``torch.compile`` mode (e.g. "reduce-overhead", CUDA graphs on a GPU) and static shapes."""
+    from benchmarks.efficientdet_race import _Networks, build_pair
+
+    calls = []
+
+    def recording_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    cpu = torch.device("cpu")
+    reference, ours = build_pair("D0", "efficientdet_d0", cpu, str(ROOT / "configs"), [256, 256])
+    _Networks(reference, ours, cpu).compile("reduce-overhead")
+    assert len(calls) == 3, "our backbone and head, effdet's network"
+    assert {(c["mode"], c["dynamic"]) for c in calls} == {("reduce-overhead", False)}
+
+
+@needs_effdet
+def test_profile_splits_both_detectors_into_stages():
+    """tools/profile_model.py's rows at a smoke size: every stage of ours and effdet's, the
+    stage shares of each detector summing to 1, the device named. No time is asserted."""
+    from benchmarks.profile import profile_rows
+
+    rows = profile_rows("D0", batch_sizes=[1], repeats=1, warmup=0, config_root=str(ROOT / "configs"),
+                        size=(256, 256), device="cpu")
+    inference = [r for r in rows if r["phase"] == "inference"]
+    assert [r["stage"] for r in inference] == [
+        "batching + normalisation", "bottom-up", "neck", "class + box nets", "post-processing", "rescaling",
+        "stage sum", "whole"]
+    for side in ("ours", "effdet"):
+        shares = [r[f"{side} share"] for r in inference if r[f"{side} share"] != "-"]
+        assert abs(sum(shares) - 1) < 1e-6
+    assert [r["stage"] for r in rows if r["phase"] == "training step"] == ["forward (losses)", "backward",
+                                                                          "whole step"]
+    assert {r["device"] for r in rows} == {"cpu"} and all(r["ours ms"] > 0 for r in inference)
+
+
 def read_rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))

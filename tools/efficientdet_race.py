@@ -47,6 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
                       help="amp: float16 autocast, on --device cuda")
     race.add_argument("--compiled", action="store_true",
                       help="also race torch.compile'd inference (inductor), ours and effdet's")
+    race.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                      help="torch.compile's mode for --compiled (reduce-overhead: CUDA graphs on a GPU)")
     race.add_argument("--size", type=parse_size, default=None,
                       help="input size N or HxW for every variant (default: each config's)")
     for command in (size, race):
@@ -67,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         sizes = {v: args.size for v in args.variants} if args.size else None
         rows = race_rows(args.variants, args.batch_sizes, args.threads, args.repeats, args.warmup, sizes,
                          args.config_root, on_row=show, device=args.device, precisions=args.precisions,
-                         compiled=args.compiled)
+                         compiled=args.compiled, compile_mode=args.compile_mode)
     table = markdown_table(rows, digits=4)
     write_csv(rows, os.path.join(args.output_dir, f"{args.command}.csv"))
     write_text(table, os.path.join(args.output_dir, f"{args.command}.md"))

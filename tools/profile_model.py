@@ -6,8 +6,8 @@ rescaling; forward and backward of a training step.
     python tools/profile_model.py --variant D0 --batch-sizes 1 8 --threads 1 --repeats 5 \\
         --output-dir output/profile
 
-Writes ``profile.csv`` and ``profile.md`` to ``--output-dir`` and prints the table. CPU;
-run it on an otherwise idle machine.
+Writes ``profile.csv`` and ``profile.md`` to ``--output-dir`` and prints the table. On the CPU
+(``--threads``) or a GPU (``--device cuda``); run it on an otherwise idle machine.
 """
 import argparse
 import os
@@ -30,13 +30,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the variant's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--config-root", default="configs")
     parser.add_argument("--output-dir", default="output/profile")
     args = parser.parse_args(argv)
     if min(args.batch_sizes + [args.threads, args.repeats]) < 1 or args.warmup < 0:
         parser.error("--batch-sizes, --threads and --repeats must be >= 1, --warmup >= 0")
     rows = profile_rows(args.variant, args.batch_sizes, args.threads, args.repeats, args.warmup,
-                        args.config_root, args.size or ())
+                        args.config_root, args.size or (), args.device)
     table = markdown_table(rows, digits=4)
     write_csv(rows, os.path.join(args.output_dir, "profile.csv"))
     write_text(table, os.path.join(args.output_dir, "profile.md"))
