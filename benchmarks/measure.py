@@ -32,6 +32,7 @@ __all__ = [
     "MEMORY_METHODS",
     "count_flops",
     "count_parameters",
+    "device_problem",
     "interleaved_times",
     "median",
     "peak_memory_bytes",
@@ -45,6 +46,20 @@ MEMORY_METHODS = {
 
 # Device types of CPU allocations in the profiler's "[memory]" events.
 _CPU_MEMORY = (int(DeviceType.CPU), int(DeviceType.MKLDNN))
+
+
+def device_problem(device: str) -> Optional[str]:
+    """Why ``device`` (e.g. "cpu", "cuda", "cuda:1") cannot be measured on here, in one
+    line; ``None`` when it can."""
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        return f"device {device!r} is not a device torch knows; use cpu or cuda"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"device {str(device)!r}: no CUDA GPU is available here; use cpu"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {str(device)!r}: measured on cpu or cuda only"
+    return None
 
 
 def synchronize(device: torch.device) -> None:

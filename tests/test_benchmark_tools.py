@@ -258,6 +258,28 @@ def test_checkpointing_benchmark_measures_less_memory_with_the_keys_on(tmp_path)
     assert "| EfficientDet-D0 |" in (out / "d0.md").read_text()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is")
+@pytest.mark.parametrize("args", [
+    ["efficientdet_race", "race", "--device", "cuda"],
+    ["neck_race", "--device", "cuda"],
+    ["profile_model", "--device", "cuda"],
+    ["benchmark_checkpointing", "--config-file", "configs/EfficientDet/EfficientDet-D0.yaml",
+     "--device", "cuda:0"],
+])
+def test_gpu_benchmarks_refuse_a_machine_without_one_in_one_line(args, tmp_path):
+    """``--device cuda`` where torch sees no GPU: one line naming the device and the way
+    out, before anything is built or written."""
+    tool, *rest = args
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{tool}.py"), *rest,
+                             "--output-dir", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    device = rest[-1]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"{tool}.py: error: device '{device}': no CUDA GPU is available here; use cpu")
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("tool", ["benchmark", "benchmark_checkpointing"])
 def test_benchmark_tools_refuse_a_bad_config_value_in_one_line(tool, tmp_path):
     config = os.path.join(ROOT, "configs", "EfficientDet", "EfficientDet-D0.yaml")

@@ -21,7 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
-from benchmarks import MEMORY_METHODS, describe, markdown_table, subject_config, write_csv, write_text
+from benchmarks import (
+    MEMORY_METHODS,
+    describe,
+    device_problem,
+    markdown_table,
+    subject_config,
+    write_csv,
+    write_text,
+)
 from benchmarks.checkpointing import CHECKPOINT_KEYS, VARIANTS, checkpointing_rows
 from bifpn_d2.engine import ConfigError
 
@@ -43,6 +51,9 @@ def main(argv=None):
     parser.add_argument("--output-name", default="checkpointing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
     if min(args.batch_sizes + [args.threads, args.repeats]) < 1 or args.warmup < 0:
         parser.error("--batch-sizes, --threads and --repeats must be >= 1, --warmup >= 0")
     if not os.path.isfile(args.config_file):

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import (
     CASES,
     MEMORY_METHODS,
+    device_problem,
     markdown_table,
     parse_size,
     plot_bars,
@@ -85,7 +86,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "ours converts on CPU by itself; the targets compare with the reference as shipped)",
     )
     parser.add_argument("--output-dir", default="output/neck_race")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
+    return args
 
 
 def races(args: argparse.Namespace) -> List[Tuple[str, List[int], int]]:
