@@ -171,6 +171,8 @@ STEPS: List[Step] = [
     _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_mask_rcnn_4seeds", MASK_LN_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
            (40, 120)),
+    _study("neck_study_mask_rcnn_lr2", MASK_LN_ARMS + ["mask_rcnn/norm_ln_top_p6p7_p5_lr2"], ["0", "1"],
+           SEGMENTATION_LN_STUDY, (40, 120)),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
