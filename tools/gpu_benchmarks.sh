@@ -4,18 +4,19 @@
 # folder under OUTPUT_DIR as soon as it finishes, with its log beside it.
 #
 #   bash tools/gpu_benchmarks.sh output/gpu            # python from $PYTHON, else python3
-#   ITERS=1000 SEEDS="0 1 2" bash tools/gpu_benchmarks.sh output/gpu
+#   ITERS=2000 TRAIN_CAP=900 bash tools/gpu_benchmarks.sh output/gpu
 #
-# Steps (seconds of cap): the effdet-vs-ours training comparison (SEEDS, ITERS; 215), the
+# Steps (seconds of cap): the effdet-vs-ours training comparison (SEEDS, default 0 1 2;
+# ITERS, default 500, where the CPU page has 2000; TRAIN_CAP, default 215), the
 # EfficientDet race in fp32 and AMP (110), D0 batch 1 compiled with CUDA graphs (110), the
 # neck race (45), the stage profile (35), activation checkpointing of D3 at batch 8 (30):
-# about 10 minutes on one H100. docs/speed.md and docs/efficientdet.md say which table
-# each step fills.
+# about 10 minutes on one H100 with the defaults. docs/speed.md lists the steps.
 set -u
 OUTPUT_DIR=${1:?usage: bash tools/gpu_benchmarks.sh OUTPUT_DIR}
 PY=${PYTHON:-python3}
 ITERS=${ITERS:-500}
 SEEDS=${SEEDS:-0 1 2}
+TRAIN_CAP=${TRAIN_CAP:-215}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUTPUT_DIR"
 START=$(date +%s)
@@ -34,7 +35,7 @@ step() {  # step CAP NAME COMMAND...
 }
 
 # shellcheck disable=SC2086  # SEEDS is a list
-step 215 effdet_training "$PY" tools/compare_effdet_training.py --seeds $SEEDS --iters "$ITERS" --jobs 6 \
+step "$TRAIN_CAP" effdet_training "$PY" tools/compare_effdet_training.py --seeds $SEEDS --iters "$ITERS" --jobs 6 \
   --threads 2 --output-dir "$OUTPUT_DIR/effdet_training" MODEL.DEVICE cuda
 step 110 race_cuda "$PY" tools/efficientdet_race.py race --device cuda --precisions fp32 amp --variants D0 D3 \
   --batch-sizes 1 8 --repeats 10 --warmup 3 --output-dir "$OUTPUT_DIR/race_cuda"
