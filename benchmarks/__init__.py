@@ -28,9 +28,9 @@ from .fusion_panels import (
 )
 from .measure import (
     MEMORY_METHODS,
+    check_device,
     count_flops,
     count_parameters,
-    device_problem,
     interleaved_times,
     median,
     peak_memory_bytes,
@@ -105,7 +105,7 @@ __all__ = [
     "contestants",
     "count_flops",
     "count_parameters",
-    "device_problem",
+    "check_device",
     "default_configs",
     "describe",
     "detectron2_rows",

@@ -32,6 +32,7 @@ __all__ = [
     "MEMORY_METHODS",
     "count_flops",
     "count_parameters",
+    "check_device",
     "device_problem",
     "interleaved_times",
     "median",
@@ -60,6 +61,14 @@ def device_problem(device: str) -> Optional[str]:
     if device.type not in ("cpu", "cuda"):
         return f"device {str(device)!r}: measured on cpu or cuda only"
     return None
+
+
+def check_device(parser, device: str) -> None:
+    """``parser.error`` (one line, exit status 2) when ``device`` cannot be measured on here
+    (:func:`device_problem`)."""
+    problem = device_problem(device)
+    if problem:
+        parser.error(problem)
 
 
 def synchronize(device: torch.device) -> None:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from benchmarks import (
     MEMORY_METHODS,
+    check_device,
     describe,
-    device_problem,
     markdown_table,
     subject_config,
     write_csv,
@@ -51,9 +51,7 @@ def main(argv=None):
     parser.add_argument("--output-name", default="checkpointing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    problem = device_problem(args.device)
-    if problem:
-        parser.error(problem)
+    check_device(parser, args.device)
     if min(args.batch_sizes + [args.threads, args.repeats]) < 1 or args.warmup < 0:
         parser.error("--batch-sizes, --threads and --repeats must be >= 1, --warmup >= 0")
     if not os.path.isfile(args.config_file):

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
-from benchmarks import device_problem, format_value, markdown_table, parse_size, write_csv, write_text
+from benchmarks import check_device, format_value, markdown_table, parse_size, write_csv, write_text
 from benchmarks.efficientdet_race import LITE_VARIANTS, PRECISIONS, VARIANTS, race_rows, size_rows
 
 
@@ -60,9 +60,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = get_parser()
     args = parser.parse_args(argv)
-    problem = device_problem(args.device) if args.command == "race" else None
-    if problem:
-        parser.error(problem)
+    if args.command == "race":
+        check_device(parser, args.device)
 
     def show(row: Dict[str, Any]) -> None:
         print(", ".join(f"{k}={format_value(v, 4)}" for k, v in row.items()), flush=True)

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import (
     CASES,
     MEMORY_METHODS,
-    device_problem,
+    check_device,
     markdown_table,
     parse_size,
     plot_bars,
@@ -87,9 +87,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", default="output/neck_race")
     args = parser.parse_args(argv)
-    problem = device_problem(args.device)
-    if problem:
-        parser.error(problem)
+    check_device(parser, args.device)
     return args
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the lab, benchmarks/
 
-from benchmarks import device_problem, markdown_table, parse_size, write_csv, write_text
+from benchmarks import check_device, markdown_table, parse_size, write_csv, write_text
 from benchmarks.profile import profile_rows
 
 
@@ -34,9 +34,7 @@ def main(argv=None):
     parser.add_argument("--config-root", default="configs")
     parser.add_argument("--output-dir", default="output/profile")
     args = parser.parse_args(argv)
-    problem = device_problem(args.device)
-    if problem:
-        parser.error(problem)
+    check_device(parser, args.device)
     if min(args.batch_sizes + [args.threads, args.repeats]) < 1 or args.warmup < 0:
         parser.error("--batch-sizes, --threads and --repeats must be >= 1, --warmup >= 0")
     rows = profile_rows(args.variant, args.batch_sizes, args.threads, args.repeats, args.warmup,
