@@ -160,8 +160,11 @@ def test_onnx_retinanet_bifpn():
             expected = raw_inference(model, [{"image": x}])[0]
         actual = adapter.outputs_schema(tuple(run_onnx(onnx_bytes, x)))
         assert len(expected) > 0
-        # boxes are in pixels (up to ~200): onnxruntime's kernels round differently
-        assert_instances_close(expected, actual, rtol=1e-4, atol=1e-3)
+        # Boxes are in pixels and, with random weights, up to ~400 wide and partly outside the
+        # image. Decoding computes x1 = centre - width / 2, so a coordinate near 0 carries the
+        # rounding of a ~400 px width: ~1e-5 of it, up to ~4e-3 px, on a CPU whose kernels round
+        # otherwise than onnxruntime's (seen: 1.5e-3 px at x1 = 3.2). rtol alone cannot cover it.
+        assert_instances_close(expected, actual, rtol=1e-4, atol=5e-3)
 
 
 # (format, export method, whether to pass --sample-image)
