@@ -209,6 +209,10 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "over a coarse level's few pixels", {"NORM": "LN"}),
     ("norm_ln_top_p6p7_p5", "norm", "norm_ln and top_p6p7_p5 together (on RetinaNet's dev split LN led "
      "on AP, the top block after the cells on large objects)", {"NORM": "LN", "TOP_BLOCK": "p6p7_p5"}),
+    ("norm_ln_top_p6p7_c5_after", "top block", "norm_ln_top_p6p7_p5 with P6/P7 from C5 (the FPN's: "
+     "RetinaNet's strided convs, wider input), still after the cells: is what P6/P7 read where large "
+     "objects are lost?",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_c5_after"}),
     ("channel_fast_normalized", "fusion",
      "the candidate with google/automl's channel-wise fast normalized fusion",
      {"FUSE_TYPE": "channel_fast_normalized"}),

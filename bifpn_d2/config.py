@@ -80,7 +80,8 @@ def add_bifpn_config(cfg: CN) -> CN:
     # pyramids) or "efficientdet" (1x1 conv + norm + max-pools, EfficientDet's); or made
     # after the cells from their last output: "maxpool" (P6 only, as Detectron2's FPN makes
     # Faster R-CNN's) or "p6p7_p5" (FCOS's strided convs from P5; the default, chosen with LN
-    # on the neck study's dev split: no cell and no norm on the coarsest levels, as the FPN's).
+    # on the neck study's dev split: no cell and no norm on the coarsest levels, as the FPN's);
+    # or "p6p7_c5_after" (RetinaNet's convs from C5, joined after the cells: the FPN's P6/P7).
     cfg.MODEL.BIFPN.TOP_BLOCK = DEFAULT_BIFPN_TOP_BLOCK  # "p6p7_p5"
     # Cell convs: "xavier_uniform" | "c2_xavier" (Detectron2's FPN).
     cfg.MODEL.BIFPN.CONV_INIT = _CELL.conv_init  # "xavier_uniform"

@@ -20,7 +20,7 @@ from bifpn_d2 import (
 from bifpn_d2.config import add_bifpn_config
 from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS, ChannelLayerNorm, LayerStyle
 from bifpn_d2.modeling.bifpn import BIFPN_STYLE, CONV_INITS
-from bifpn_d2.modeling.builders import bifpn_options
+from bifpn_d2.modeling.builders import bifpn_options, build_retinanet_resnet_bifpn_backbone
 
 
 class ToyBottomUp(Backbone):
@@ -45,7 +45,7 @@ class ToyBottomUp(Backbone):
 CELL_FIELDS = {f.name for f in fields(CellOptions)}
 
 
-def _bifpn(max_level: int = 7, top_block=None, **options) -> BiFPN:
+def _bifpn(max_level: int = 7, top_block=None, top_after_cells=None, **options) -> BiFPN:
     """A 2-cell, 16-channel BiFPN over the toy bottom-up; ``options`` are fields of
     :class:`CellOptions` or :class:`LayerStyle` (BN unless given); the levels above c5 come
     from EfficientDet's top block unless ``top_block`` is given."""
@@ -53,7 +53,8 @@ def _bifpn(max_level: int = 7, top_block=None, **options) -> BiFPN:
     style = LayerStyle(**{"norm": "BN", **{k: v for k, v in options.items() if k not in CELL_FIELDS}})
     if top_block is None and max_level > 5:
         top_block = EfficientDetTopBlock(24, 16, max_level - 5, "c5", style)
-    return BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 2, top_block, cell, style)
+    return BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, 2, top_block, cell, style,
+                 top_after_cells=top_after_cells)
 
 
 def _train_step(**options):
@@ -141,6 +142,32 @@ def test_top_blocks_after_the_cells_read_the_cells_output():
     assert torch.equal(scripted(x)["p6"], model(x)["p6"])
     with pytest.raises(ValueError, match="reads 'p7'"):
         BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, top_block=MaxPoolTopBlock("p7"))
+
+
+def test_top_block_from_c5_joined_after_the_cells_is_the_fpns():
+    """``top_after_cells=True``: P6/P7 read C5 but join after the cells, so no cell fuses them
+    and they are exactly the top block of the bottom-up C5 (the FPN's coarse levels); the
+    cells span P3-P5; scripting takes the same branch. The builder's "p6p7_c5_after"."""
+    model = _train_step(top_block=ConvP6P7TopBlock(24, 16, "c5"), top_after_cells=True)
+    assert model.top_after_cells and len(model.cells[0].output_ids) == 3  # P3-P5
+    model.eval()
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        outputs = model(x)
+        expected = model.top_block(model.bottom_up(x)["c5"])
+    assert torch.equal(outputs["p6"], expected[0]) and torch.equal(outputs["p7"], expected[1])
+    assert torch.equal(torch.jit.script(model)(x)["p7"], outputs["p7"])
+    with pytest.raises(ValueError, match="only run after the cells"):
+        BiFPN(ToyBottomUp(), ["c3", "c4", "c5"], 16, top_block=MaxPoolTopBlock("p5"), top_after_cells=False)
+
+    cfg = get_cfg()
+    add_bifpn_config(cfg)
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 18, 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.BIFPN.OUT_CHANNELS, cfg.MODEL.BIFPN.TOP_BLOCK = 16, "p6p7_c5_after"
+    built = build_retinanet_resnet_bifpn_backbone(cfg, ShapeSpec(channels=3))
+    assert built.top_after_cells and built.top_block.in_feature == "res5"
+    assert built.top_block.p6.in_channels == 512 and len(built.cells[0].output_ids) == 3
 
 
 def test_residual_cells_start_as_the_identity():

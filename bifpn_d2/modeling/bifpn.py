@@ -57,6 +57,7 @@ class BiFPN(PyramidBackbone):
         cell: CellOptions = DEFAULT_CELL,
         style: LayerStyle = BIFPN_STYLE,
         size_divisibility: Optional[int] = None,
+        top_after_cells: Optional[bool] = None,
     ):
         """
         Args:
@@ -77,6 +78,11 @@ class BiFPN(PyramidBackbone):
             style: norms, conv biases and max-pool padding of every layer of the neck
                 (see :class:`~bifpn_d2.layers.LayerStyle`).
             size_divisibility: see :class:`PyramidBackbone` (None: the last input stride).
+            top_after_cells: join the top block's levels after the cells, so that no cell
+                fuses them, even when it reads a bottom-up map (True: e.g. P6/P7 from
+                ``"res5"`` exactly as the FPN makes them). None: after the cells only when
+                it reads a cell output. False with a top block reading a cell output is
+                an error.
         """
         check_positive("num_cells", num_cells)
         check_choice("conv_init", cell.conv_init, CONV_INITS)
@@ -84,8 +90,13 @@ class BiFPN(PyramidBackbone):
         in_shapes = bottom_up.output_shape()
         num_extra = top_block.num_levels if top_block is not None else 0  # levels made by the top block
         # A top block reading a bottom-up map runs before the cells and its levels are fused
-        # in them; one reading a cell output (p5) runs after them, on that output.
-        after_cells = top_block is not None and top_block.in_feature not in in_shapes
+        # in them, unless top_after_cells; one reading a cell output (p5) runs after them,
+        # on that output.
+        reads_cell_output = top_block is not None and top_block.in_feature not in in_shapes
+        if top_after_cells is False and reads_cell_output:
+            raise ValueError(f"the top block reads {top_block.in_feature!r}, a cell output: it can only run "
+                             "after the cells (top_after_cells=False asks for before)")
+        after_cells = top_block is not None and (reads_cell_output or bool(top_after_cells))
         cell_max_level = levels[-1] + (0 if after_cells else num_extra)
         if cell_max_level - levels[0] + 1 < 3:
             if top_block is None:
@@ -102,7 +113,7 @@ class BiFPN(PyramidBackbone):
         self.top_block = top_block
         self.top_after_cells = after_cells
         # The index of the cell output the top block reads (-1: it reads a bottom-up map).
-        self._top_source = cell_outputs.index(top_block.in_feature) if after_cells else -1
+        self._top_source = cell_outputs.index(top_block.in_feature) if reads_cell_output else -1
         if not after_cells:
             in_channels += [out_channels] * num_extra
 
@@ -154,5 +165,7 @@ class BiFPN(PyramidBackbone):
         for cell in self.cells:
             features = cell(features)
         if self.top_block is not None and self.top_after_cells:
-            features = features + self.top_block(features[self._top_source])
+            source = features[self._top_source] if self._top_source >= 0 else (
+                bottom_up_features[self.top_block.in_feature])
+            features = features + self.top_block(source)
         return self.named_outputs(features)

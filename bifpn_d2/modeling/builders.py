@@ -50,10 +50,13 @@ class Flavour:
 FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5
 # (before the cells, which fuse their levels), or, after the cells from their last output,
-# Faster R-CNN's max-pooled P6 or FCOS's strided convs; with the most levels each can make
+# Faster R-CNN's max-pooled P6 or FCOS's strided convs, or RetinaNet's convs from C5 joined
+# after the cells (the FPN's coarse levels exactly); with the most levels each can make
 # (EfficientDet's: as many as P2-P8 leave, 6).
-BIFPN_TOP_BLOCK_LEVELS = {"efficientdet": 6, "p6p7_c5": 2, "maxpool": 1, "p6p7_p5": 2}
+BIFPN_TOP_BLOCK_LEVELS = {"efficientdet": 6, "p6p7_c5": 2, "maxpool": 1, "p6p7_p5": 2, "p6p7_c5_after": 2}
 BIFPN_TOP_BLOCKS = tuple(BIFPN_TOP_BLOCK_LEVELS)
+# BiFPN top blocks that read a bottom-up map and still join after the cells: the block built.
+_JOINED_AFTER_CELLS = {"p6p7_c5_after": "p6p7_c5"}
 
 # Where each BiFPN argument comes from: CellOptions / LayerStyle field -> config key. The
 # builder reads the keys through these tables, and names the key when a constructor
@@ -214,11 +217,12 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
                          "use 'efficientdet' for more")
     top_block = None
     if num_extra > 0:
-        top_block = make_top_block(bc.TOP_BLOCK, bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, num_extra,
-                                   options["style"])
+        top_block = make_top_block(_JOINED_AFTER_CELLS.get(bc.TOP_BLOCK, bc.TOP_BLOCK), bottom_up,
+                                   cfg.MODEL.FPN.IN_FEATURES, width, num_extra, options["style"])
+    after_cells = True if bc.TOP_BLOCK in _JOINED_AFTER_CELLS else None
     with naming_keys(_BIFPN_KEYS):
         neck = BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, top_block=top_block,
-                     size_divisibility=size_divisibility, **options)
+                     size_divisibility=size_divisibility, top_after_cells=after_cells, **options)
     neck.set_grad_checkpointing(bc.CHECKPOINT_ACTIVATIONS)
     return neck
 
