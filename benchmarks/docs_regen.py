@@ -93,6 +93,10 @@ LARGE_ARMS = ["retinanet/fpn", "retinanet/candidate", "retinanet/top_p6p7_p5", "
 # The FPN, the recipe shipped before and the one chosen, with seeds 2 3 beside 0 1: the
 # 4-seed steps train nothing (a finished run is reused) and tabulate all 4 seeds
 LARGE_PAIR_ARMS = ["retinanet/fpn", "retinanet/candidate", "retinanet/norm_ln_top_p6p7_p5"]
+# RetinaNet's P6/P7 from C5 joined after the cells (the FPN's), beside the FPN and the recipe
+# shipped before it (P6/P7 from the cells' P5)
+TOP_C5_STUDY = "output/docs/study_retinanet_top_c5_after"
+TOP_C5_ARMS = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_p5", "retinanet/norm_ln_top_p6p7_c5_after"]
 # The same three on the Faster R-CNN pair
 FRCNN_LARGE_STUDY = "output/docs/study_frcnn_large"
 FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/norm_ln_top_p6p7_p5"]
@@ -164,6 +168,10 @@ STEPS: List[Step] = [
     _study("neck_study_retinanet_large", LARGE_ARMS, ["0", "1"], LARGE_STUDY, (45, 120)),
     _study("neck_study_retinanet_large_seeds23", LARGE_PAIR_ARMS, ["2", "3"], LARGE_STUDY, (30, 90)),
     _study("neck_study_retinanet_large_4seeds", LARGE_PAIR_ARMS, ["0", "1", "2", "3"], LARGE_STUDY, (1, 3)),
+    _study("neck_study_retinanet_top_c5_after", TOP_C5_ARMS, ["0", "1"], TOP_C5_STUDY, (25, 75)),
+    _study("neck_study_retinanet_top_c5_after_seeds23", TOP_C5_ARMS, ["2", "3"], TOP_C5_STUDY, (25, 75)),
+    _study("neck_study_retinanet_top_c5_after_4seeds", TOP_C5_ARMS, ["0", "1", "2", "3"], TOP_C5_STUDY,
+           (1, 3)),
     _study("neck_study_faster_rcnn_large", FRCNN_LARGE_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (40, 110)),
     _study("neck_study_faster_rcnn_large_seeds23", FRCNN_LARGE_ARMS, ["2", "3"], FRCNN_LARGE_STUDY,
            (40, 110)),

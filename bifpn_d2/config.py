@@ -24,7 +24,6 @@ from detectron2.config import CfgNode as CN
 from .layers.checks import check_choice, check_positive
 from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
 from .modeling.pyramid_cell import DEFAULT_CELL as _CELL
-from .modeling.top_blocks import DEFAULT_BIFPN_TOP_BLOCK
 
 __all__ = ["add_bifpn_config", "check_choice", "check_positive"]
 
@@ -75,14 +74,15 @@ def add_bifpn_config(cfg: CN) -> CN:
     # checkpoints (both False by default).
     cfg.MODEL.BIFPN.SAME_PADDING = BIFPN_STYLE.same_padding
     cfg.MODEL.BIFPN.BIAS_BEFORE_NORM = BIFPN_STYLE.bias_before_norm
-    # Levels above the last input, made before the cells (which fuse them): "p6p7_c5"
-    # (RetinaNet's strided 3x3 convs from the last input, learned; one level, P6, for R-CNN
-    # pyramids) or "efficientdet" (1x1 conv + norm + max-pools, EfficientDet's); or made
-    # after the cells from their last output: "maxpool" (P6 only, as Detectron2's FPN makes
-    # Faster R-CNN's) or "p6p7_p5" (FCOS's strided convs from P5; the default, chosen with LN
-    # on the neck study's dev split: no cell and no norm on the coarsest levels, as the FPN's);
-    # or "p6p7_c5_after" (RetinaNet's convs from C5, joined after the cells: the FPN's P6/P7).
-    cfg.MODEL.BIFPN.TOP_BLOCK = DEFAULT_BIFPN_TOP_BLOCK  # "p6p7_p5"
+    # Levels above the last input. "" (the default): the neck study's choice for the flavour
+    # (docs/study.md), "p6p7_c5_after" for RetinaNet builders, "p6p7_p5" for R-CNN ones.
+    # Made before the cells (which fuse them): "p6p7_c5" (RetinaNet's strided 3x3 convs from
+    # the last input, learned; one level, P6, for R-CNN pyramids) or "efficientdet" (1x1
+    # conv + norm + max-pools, EfficientDet's). Made after the cells: from their last output,
+    # "maxpool" (P6 only, as Detectron2's FPN makes Faster R-CNN's) or "p6p7_p5" (FCOS's
+    # strided convs from P5); or "p6p7_c5_after" (RetinaNet's convs from C5, joined after the
+    # cells: the FPN's own P6/P7, through no cell and no norm).
+    cfg.MODEL.BIFPN.TOP_BLOCK = ""
     # Cell convs: "xavier_uniform" | "c2_xavier" (Detectron2's FPN).
     cfg.MODEL.BIFPN.CONV_INIT = _CELL.conv_init  # "xavier_uniform"
     # Residual cells: each cell whose inputs have the neck's width adds them to its outputs

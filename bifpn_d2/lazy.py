@@ -20,11 +20,13 @@ Top blocks (the levels above the last input):
   with ``fuse_type="sum"`` the parameter names are Detectron2's and its checkpoints load.
 - :func:`use_bifpn` replaces them by the BiFPN's own top block (``top_block_type``, the
   values of ``MODEL.BIFPN.TOP_BLOCK``), making as many levels (P6 for ``LastLevelMaxPool``,
-  P6-P7 for ``LastLevelP6P7``). The default, ``"p6p7_p5"`` (strided 3x3 convs), and
-  ``"maxpool"`` make them after the cells from the pyramid's own last level, as Detectron2's
-  FPN does; ``"p6p7_c5"`` (the same convs over the *last bottom-up level*) and
-  ``"efficientdet"`` (1x1 conv + norm + max-pools) make them before the cells, which fuse
-  them.
+  P6-P7 for ``LastLevelP6P7``). The default, ``""``, is the neck study's choice for the
+  number of levels: ``"p6p7_c5_after"`` for P6-P7 (Detectron2's RetinaNet P6/P7, strided 3x3
+  convs from the last bottom-up level, joined after the cells) and ``"p6p7_p5"`` for P6 (a
+  strided conv from the cells' P5). ``"p6p7_p5"`` and ``"maxpool"`` make them after the
+  cells from the pyramid's own last level, as Detectron2's FPN does for R-CNN and FCOS;
+  ``"p6p7_c5"`` (strided convs from the last bottom-up level) and ``"efficientdet"`` (1x1
+  conv + norm + max-pools) make them before the cells, which fuse them.
 """
 from dataclasses import asdict
 from typing import Any, Sequence
@@ -41,9 +43,8 @@ from .layers import LayerStyle
 from .layers.checks import check_choice
 from .modeling import BiFPN, CellOptions, ConvP6P7TopBlock, MaxPoolTopBlock, WeightedFPN
 from .modeling.bifpn import BIFPN_STYLE, DEFAULT_NUM_CELLS
-from .modeling.builders import BIFPN_TOP_BLOCKS, bifpn_options
+from .modeling.builders import BIFPN_TOP_BLOCKS, bifpn_options, default_bifpn_top_block, make_bifpn_top_block
 from .modeling.pyramid_cell import DEFAULT_CELL
-from .modeling.top_blocks import DEFAULT_BIFPN_TOP_BLOCK, make_top_block
 
 __all__ = ["bifpn_backbone", "use_bifpn", "use_weighted_fpn"]
 
@@ -58,23 +59,28 @@ def bifpn_backbone(
     in_features: Sequence[str],
     out_channels: int,
     extra_levels: int,
-    top_block_type: str = DEFAULT_BIFPN_TOP_BLOCK,
+    top_block_type: str = "",
     num_cells: int = DEFAULT_NUM_CELLS,
     cell: CellOptions = DEFAULT_CELL,
     style: LayerStyle = BIFPN_STYLE,
 ) -> BiFPN:
     """A :class:`BiFPN` over ``in_features`` of ``bottom_up`` with ``extra_levels`` levels
     above the last of them, made as ``MODEL.BIFPN.TOP_BLOCK`` says (``top_block_type``:
-    ``"p6p7_p5"`` or ``"maxpool"`` from the cells' last output; ``"p6p7_c5"``, strided
-    convs from the last input, up to 2 levels; ``"efficientdet"``, 1x1 conv + max-pools):
+    ``""``, the study's choice for ``extra_levels``; ``"p6p7_p5"`` or ``"maxpool"`` from the
+    cells' last output; ``"p6p7_c5"``, strided convs from the last input, up to 2 levels,
+    fused by the cells, or ``"p6p7_c5_after"``, joined after them; ``"efficientdet"``, 1x1
+    conv + max-pools):
     the target :func:`use_bifpn` gives ``model.backbone``, since the last input level is
     known only once the bottom-up network is built. ``num_cells``, ``cell`` and ``style``:
     as :class:`BiFPN`'s."""
-    check_choice("top_block_type", top_block_type, BIFPN_TOP_BLOCKS)
-    top_block = None
+    check_choice("top_block_type", top_block_type, ("",) + BIFPN_TOP_BLOCKS)
+    top_block, after_cells = None, None
     if extra_levels > 0:
-        top_block = make_top_block(top_block_type, bottom_up, in_features, out_channels, extra_levels, style)
-    return BiFPN(bottom_up, list(in_features), out_channels, num_cells, top_block, cell, style)
+        name = top_block_type or default_bifpn_top_block(extra_levels)
+        top_block, after_cells = make_bifpn_top_block(
+            name, bottom_up, in_features, out_channels, extra_levels, style)
+    return BiFPN(bottom_up, list(in_features), out_channels, num_cells, top_block, cell, style,
+                 top_after_cells=after_cells)
 
 
 def _target(node: DictConfig) -> Any:

@@ -15,6 +15,7 @@ BIFPN_VARIANTS = [  # options that change what the BiFPN builder makes
     ("build_retinanet_resnet_bifpn_backbone", {"RESIDUAL": True, "TOP_BLOCK": "p6p7_c5"}),
     ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "maxpool"}),  # P6 from the cells' P5, after them
     ("build_retinanet_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_p5"}),
+    ("build_resnet_bifpn_backbone", {"TOP_BLOCK": "p6p7_c5_after"}),  # P6 from C5, after the cells
 ]
 
 

@@ -60,7 +60,8 @@ def test_model_zoo_fpn_checkpoint_loads(flavour, backbone_name):
 def test_switching_the_name_alone_builds_the_study_recipe(flavour):
     """A Detectron2 config that changes only MODEL.BACKBONE.NAME gets the recipe the neck
     study chose on its dev split: 3 cells, residual (every cell after the first, whose
-    inputs have the neck's width), LN, and P6 (P7) by strided convs from the cells' P5."""
+    inputs have the neck's width), LN, and, after the cells, RetinaNet's P6/P7 by strided
+    convs from C5 (the FPN's), R-CNN's P6 by a strided conv from the cells' P5."""
     from bifpn_d2 import ConvP6P7TopBlock
     from bifpn_d2.modeling import bifpn_switch
 
@@ -68,7 +69,8 @@ def test_switching_the_name_alone_builds_the_study_recipe(flavour):
     cfg.MODEL.BACKBONE.NAME = bifpn_switch(cfg.MODEL.BACKBONE.NAME)
     backbone = build_model(cfg).backbone
     assert [cell.residual for cell in backbone.cells] == [False, True, True]
-    assert isinstance(backbone.top_block, ConvP6P7TopBlock) and backbone.top_block.in_feature == "p5"
+    assert isinstance(backbone.top_block, ConvP6P7TopBlock) and backbone.top_after_cells
+    assert backbone.top_block.in_feature == ("res5" if flavour == "retinanet" else "p5")
     assert backbone.top_block.num_levels == (2 if flavour == "retinanet" else 1)
     norms = {type(node.conv.norm).__name__ for cell in backbone.cells for node in cell.nodes}
     assert norms == {"ChannelLayerNorm"}

@@ -12,10 +12,11 @@ the default top block and ``MAX_LEVEL``.
 """
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
+from torch import nn
 
 from ..layers import FUSION_METHODS, NORMS, LayerStyle
 from ..layers.checks import OptionError, check_choice, check_positive, naming_keys
@@ -41,13 +42,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Flavour:
-    """A pyramid flavour: levels added above the last input, and the FPN's top block."""
+    """A pyramid flavour: levels added above the last input, and the top blocks of the FPN
+    and of the BiFPN when their TOP_BLOCK key is empty."""
 
     num_extra_levels: int
     fpn_top_block: str
+    bifpn_top_block: str
 
 
-FLAVOURS = {"rcnn": Flavour(1, "maxpool"), "retinanet": Flavour(2, "p6p7_c5")}
+# The BiFPN's top blocks were chosen on the neck study's dev splits (docs/study.md): for
+# RetinaNet the FPN's P6/P7 from C5 joined after the cells; for R-CNN (P6 for the RPN only)
+# a strided conv from the cells' P5.
+FLAVOURS = {"rcnn": Flavour(1, "maxpool", "p6p7_p5"), "retinanet": Flavour(2, "p6p7_c5", "p6p7_c5_after")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5
 # (before the cells, which fuse their levels), or, after the cells from their last output,
 # Faster R-CNN's max-pooled P6 or FCOS's strided convs, or RetinaNet's convs from C5 joined
@@ -57,6 +63,24 @@ BIFPN_TOP_BLOCK_LEVELS = {"efficientdet": 6, "p6p7_c5": 2, "maxpool": 1, "p6p7_p
 BIFPN_TOP_BLOCKS = tuple(BIFPN_TOP_BLOCK_LEVELS)
 # BiFPN top blocks that read a bottom-up map and still join after the cells: the block built.
 _JOINED_AFTER_CELLS = {"p6p7_c5_after": "p6p7_c5"}
+
+
+def default_bifpn_top_block(num_levels: int) -> str:
+    """The BiFPN top block an empty ``MODEL.BIFPN.TOP_BLOCK`` means for a pyramid with
+    ``num_levels`` levels above its last input: the flavour's (2: RetinaNet's, else R-CNN's)."""
+    return FLAVOURS["retinanet" if num_levels >= 2 else "rcnn"].bifpn_top_block
+
+
+def make_bifpn_top_block(name: str, bottom_up: Backbone, in_features: Sequence[str], out_channels: int,
+                         num_levels: int, style: LayerStyle) -> Tuple[nn.Module, Optional[bool]]:
+    """The BiFPN top block ``name`` (one of :data:`BIFPN_TOP_BLOCKS`) adding ``num_levels``
+    levels, and the ``top_after_cells`` argument of :class:`BiFPN` that places it: True for
+    the blocks that read a bottom-up map and join after the cells (``p6p7_c5_after``), None
+    (placed by what it reads) for the others."""
+    check_choice("top_block", name, BIFPN_TOP_BLOCKS)
+    block = make_top_block(_JOINED_AFTER_CELLS.get(name, name), bottom_up, in_features, out_channels,
+                           num_levels, style)
+    return block, (True if name in _JOINED_AFTER_CELLS else None)
 
 # Where each BiFPN argument comes from: CellOptions / LayerStyle field -> config key. The
 # builder reads the keys through these tables, and names the key when a constructor
@@ -193,7 +217,8 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
         check_positive("MODEL.FPN.OUT_CHANNELS", cfg.MODEL.FPN.OUT_CHANNELS)
     width = bc.OUT_CHANNELS or cfg.MODEL.FPN.OUT_CHANNELS
     options = bifpn_options(cfg)
-    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, BIFPN_TOP_BLOCKS)
+    check_choice("MODEL.BIFPN.TOP_BLOCK", bc.TOP_BLOCK, ("",) + BIFPN_TOP_BLOCKS)
+    top_name = bc.TOP_BLOCK or FLAVOURS[flavour].bifpn_top_block
     size_divisibility = _size_divisibility(cfg)
     bottom_up = _bottom_up(cfg, input_shape, kind)
     levels = _input_levels(cfg, bottom_up, kind)
@@ -210,16 +235,15 @@ def _build_bifpn(cfg, input_shape: ShapeSpec, kind: str, flavour: str) -> BiFPN:
             f"within P2-P8: allowed values: {[0] + allowed} (0 = P{default_max})"
         )
     num_extra = max_level - levels[-1]
-    most = BIFPN_TOP_BLOCK_LEVELS[bc.TOP_BLOCK]
+    most = BIFPN_TOP_BLOCK_LEVELS[top_name]
     if num_extra > most:
-        raise ValueError(f"MODEL.BIFPN.TOP_BLOCK={bc.TOP_BLOCK!r} makes at most {most} level(s) above the "
+        raise ValueError(f"MODEL.BIFPN.TOP_BLOCK={top_name!r} makes at most {most} level(s) above the "
                          f"last input, MODEL.BIFPN.MAX_LEVEL={max_level} needs {num_extra}; "
                          "use 'efficientdet' for more")
-    top_block = None
+    top_block, after_cells = None, None
     if num_extra > 0:
-        top_block = make_top_block(_JOINED_AFTER_CELLS.get(bc.TOP_BLOCK, bc.TOP_BLOCK), bottom_up,
-                                   cfg.MODEL.FPN.IN_FEATURES, width, num_extra, options["style"])
-    after_cells = True if bc.TOP_BLOCK in _JOINED_AFTER_CELLS else None
+        top_block, after_cells = make_bifpn_top_block(top_name, bottom_up, cfg.MODEL.FPN.IN_FEATURES, width,
+                                                      num_extra, options["style"])
     with naming_keys(_BIFPN_KEYS):
         neck = BiFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, width, top_block=top_block,
                      size_divisibility=size_divisibility, top_after_cells=after_cells, **options)

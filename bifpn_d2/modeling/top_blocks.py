@@ -26,14 +26,11 @@ from ..layers.checks import check_choice
 from .pyramid_graph import pyramid_levels
 
 __all__ = [
-    "DEFAULT_BIFPN_TOP_BLOCK", "TOP_BLOCKS", "MaxPoolTopBlock", "ConvP6P7TopBlock", "EfficientDetTopBlock",
+    "TOP_BLOCKS", "MaxPoolTopBlock", "ConvP6P7TopBlock", "EfficientDetTopBlock",
     "make_top_block",
 ]
 
 TOP_BLOCKS = ("maxpool", "p6p7_c5", "p6p7_p5", "efficientdet")
-# The BiFPN's top block when none is named (MODEL.BIFPN.TOP_BLOCK): P6 (P7) after the cells
-# from their P5, chosen on the neck study's dev split (docs/study.md).
-DEFAULT_BIFPN_TOP_BLOCK = "p6p7_p5"
 
 
 class MaxPoolTopBlock(nn.Module):
