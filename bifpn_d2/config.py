@@ -11,8 +11,9 @@ meta-architecture (RetinaNet, Faster / Mask / Cascade / Keypoint R-CNN, Panoptic
 semantic FPN), so switching neck takes only ``MODEL.BACKBONE.NAME``: the BiFPN then takes
 the width of ``MODEL.FPN.OUT_CHANNELS`` and pads images as Detectron2's FPN does, and its
 cells are the neck study's recipe, chosen on its dev split (``docs/study.md``): 3 residual
-cells with LN, and P6/P7 (P6 for R-CNN pyramids) made after them from their P5 by strided
-convs. EfficientDet's configs set EfficientDet's own cells explicitly.
+cells with LN, and the levels above P5 joined after them: RetinaNet's P6/P7 by strided convs
+from C5, as Detectron2's FPN makes them, R-CNN's P6 by a strided conv from the cells' P5.
+EfficientDet's configs set EfficientDet's own cells explicitly.
 
 The BiFPN keys take their defaults from the constructors' (:class:`CellOptions`,
 :data:`BIFPN_STYLE`), so ``BiFPN(bottom_up, features, width, top_block=...)`` and a config
