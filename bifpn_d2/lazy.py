@@ -20,10 +20,11 @@ Top blocks (the levels above the last input):
   with ``fuse_type="sum"`` the parameter names are Detectron2's and its checkpoints load.
 - :func:`use_bifpn` replaces them by the BiFPN's own top block (``top_block_type``, the
   values of ``MODEL.BIFPN.TOP_BLOCK``), making as many levels (P6 for ``LastLevelMaxPool``,
-  P6-P7 for ``LastLevelP6P7``). The default, ``""``, is the neck study's choice for the
-  number of levels: ``"p6p7_c5_after"`` for P6-P7 (Detectron2's RetinaNet P6/P7, strided 3x3
-  convs from the last bottom-up level, joined after the cells) and ``"p6p7_p5"`` for P6 (a
-  strided conv from the cells' P5). ``"p6p7_p5"`` and ``"maxpool"`` make them after the
+  P6-P7 for ``LastLevelP6P7``). The default, ``""``, follows what the FPN's top block reads,
+  as the neck study chose: ``"p6p7_c5_after"`` for P6-P7 from ``res5`` (RetinaNet's: the same
+  strided 3x3 convs from the last bottom-up level, joined after the cells), ``"p6p7_p5"``
+  for P6-P7 from ``p5`` (FCOS's) and for a max-pooled P6 (R-CNN's: a strided conv from the
+  cells' P5). ``"p6p7_p5"`` and ``"maxpool"`` make them after the
   cells from the pyramid's own last level, as Detectron2's FPN does for R-CNN and FCOS;
   ``"p6p7_c5"`` (strided convs from the last bottom-up level) and ``"efficientdet"`` (1x1
   conv + norm + max-pools) make them before the cells, which fuse them.
@@ -119,6 +120,17 @@ def _extra_levels(backbone: DictConfig) -> int:
     return _TOP_BLOCK_LEVELS[target]
 
 
+def _default_top_block(backbone: DictConfig, extra_levels: int) -> str:
+    """The BiFPN top block for the FPN's: P6/P7 from a bottom-up map (RetinaNet's, from
+    ``res5``) become ``"p6p7_c5_after"``, the same convs joined after the cells; from a
+    pyramid output (FCOS's, from ``p5``) or max-pooled (R-CNN's P6), ``"p6p7_p5"``."""
+    top_block = backbone.get("top_block")
+    if _target(top_block) in (LastLevelP6P7, ConvP6P7TopBlock):
+        reads_output = str(top_block.get("in_feature", "res5")).startswith("p")
+        return "p6p7_p5" if reads_output else "p6p7_c5_after"
+    return default_bifpn_top_block(extra_levels)
+
+
 def use_bifpn(model: DictConfig, **options: Any) -> DictConfig:
     """Make ``model.backbone`` (a LazyCall of Detectron2's FPN) our BiFPN, in place.
 
@@ -147,6 +159,8 @@ def use_bifpn(model: DictConfig, **options: Any) -> DictConfig:
         target[name] = value
     backbone = _pyramid_node(model, "use_bifpn")
     extra_levels = _extra_levels(backbone)
+    if not top["top_block_type"]:  # the study's choice, from what the FPN's top block reads
+        top["top_block_type"] = _default_top_block(backbone, extra_levels)
     for key in ("top_block", "fuse_type", "norm"):  # what the BiFPN makes or names otherwise
         backbone.pop(key, None)
     backbone._target_ = bifpn_backbone

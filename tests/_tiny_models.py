@@ -156,7 +156,9 @@ def spread_scores(model: nn.Module) -> None:
     """Random-init heads score every anchor about the same (the prior, 0.01), so the order
     of detections rests on float round-off, which differs between PyTorch and
     onnxruntime; larger random head weights separate the scores. For models whose
-    features are normalised (BiFPN): unnormalised ones would saturate the scores at 1."""
+    features are normalised (BiFPN): unnormalised ones would saturate the scores at 1. A
+    BiFPN's P6/P7 made from C5 (RetinaNet's, as the FPN's) are not normalised: their convs
+    get a tenth of their random weights, which keeps those levels on the others' scale."""
     names = ("head", "proposal_generator", "roi_heads")
     heads = [getattr(model, name) for name in names if hasattr(model, name)]
     generator = torch.Generator().manual_seed(1)
@@ -164,6 +166,10 @@ def spread_scores(model: nn.Module) -> None:
         for head in heads:
             for p in head.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+        top_block = getattr(getattr(model, "backbone", None), "top_block", None)
+        if top_block is not None and getattr(top_block, "in_feature", "").startswith("res"):
+            for p in top_block.parameters():
+                p.mul_(0.1)
 
 
 def image(height: int, width: int, seed: int = 0) -> torch.Tensor:

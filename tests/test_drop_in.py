@@ -299,6 +299,11 @@ def test_lazy_bifpn_takes_the_yaml_defaults_and_options():
     backbone = instantiate(model_cfg.backbone)
     assert len(backbone.cells) == 2 and backbone.top_block.in_feature == "p5"
     assert type(backbone.cells[0].nodes[0].conv.norm).__name__ == "ChannelLayerNorm"
+    # RetinaNet's P6/P7 read res5: the BiFPN's read it too, joined after the cells (the study's choice)
+    model_cfg = model_zoo.get_config("common/models/retinanet.py").model
+    use_bifpn(model_cfg, num_cells=2)
+    backbone = instantiate(model_cfg.backbone)
+    assert backbone.top_block.in_feature == "res5" and backbone.top_after_cells
 
 
 def test_lazy_helpers_refuse_what_they_cannot_translate():
