@@ -178,6 +178,7 @@ STEPS: List[Step] = [
     _study("neck_study_faster_rcnn_large_4seeds", FRCNN_LARGE_ARMS, ["0", "1", "2", "3"], FRCNN_LARGE_STUDY,
            (1, 3)),
     _sizes("object_sizes_retinanet", LARGE_ARMS, LARGE_STUDY, "1"),
+    _sizes("object_sizes_retinanet_top_c5_after", TOP_C5_ARMS, TOP_C5_STUDY, "2"),
     _study("neck_study_faster_rcnn_neck_lr", FRCNN_LR_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (35, 90)),
     _sizes("object_sizes_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY, "2"),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
