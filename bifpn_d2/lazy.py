@@ -121,13 +121,13 @@ def _extra_levels(backbone: DictConfig) -> int:
 
 
 def _default_top_block(backbone: DictConfig, extra_levels: int) -> str:
-    """The BiFPN top block for the FPN's: P6/P7 from a bottom-up map (RetinaNet's, from
-    ``res5``) become ``"p6p7_c5_after"``, the same convs joined after the cells; from a
-    pyramid output (FCOS's, from ``p5``) or max-pooled (R-CNN's P6), ``"p6p7_p5"``."""
+    """The BiFPN top block for the FPN's: P6/P7 from a pyramid output (FCOS's, from ``p5``)
+    are made from the cells' P5 (``"p6p7_p5"``); otherwise the flavour's default for as many
+    levels (RetinaNet's from ``res5``: ``"p6p7_c5_after"``; R-CNN's P6: ``"p6p7_p5"``)."""
     top_block = backbone.get("top_block")
     if _target(top_block) in (LastLevelP6P7, ConvP6P7TopBlock):
-        reads_output = str(top_block.get("in_feature", "res5")).startswith("p")
-        return "p6p7_p5" if reads_output else "p6p7_c5_after"
+        if str(top_block.get("in_feature", "res5")).startswith("p"):
+            return "p6p7_p5"
     return default_bifpn_top_block(extra_levels)
 
 

@@ -179,7 +179,7 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     """Each pair's shipped BiFPN, as its config and as the switch of its FPN config
     (MODEL.BACKBONE.NAME alone, as the main job does), is the study arm it ships: its
     MODEL.BIFPN equals the config with every studied key set from SHIPPED_RECIPES."""
-    from benchmarks.neck_study import ARMS, LN_TOP_C5_AFTER_RECIPE, LN_TOP_P5_RECIPE, PAIRS, SHIPPED_RECIPES
+    from benchmarks.neck_study import ARMS, PAIRS, SHIPPED_RECIPES
     from bifpn_d2.engine.config import load_config
     from bifpn_d2.modeling import bifpn_switch
 
@@ -197,8 +197,8 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     switched = load_config(fpn_config, ["MODEL.BACKBONE.NAME", switch])
     assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
     arms = {arm.key: arm.overrides for arm in ARMS}
-    shipped_arm = {id(LN_TOP_P5_RECIPE): "norm_ln_top_p6p7_p5",
-                   id(LN_TOP_C5_AFTER_RECIPE): "norm_ln_top_p6p7_c5_after"}.get(id(recipe), "candidate")
+    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "candidate"}.get(
+        pair, "norm_ln_top_p6p7_p5")
     assert arms[f"{pair}/{shipped_arm}"] == recipe
     # the dev splits chose LN and P6/P7 after the cells: RetinaNet's from C5 (the FPN's), R-CNN's
     # P6 from the cells' P5
