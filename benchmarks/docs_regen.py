@@ -104,6 +104,10 @@ FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/nor
 # Faster R-CNN diagnoses read these four arms' runs
 FRCNN_LR_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5", "faster_rcnn/norm_ln_top_p6p7_p5_lr2",
                  "faster_rcnn/norm_ln_top_p6p7_p5_lr3"]
+# RetinaNet's P6 from C5 joined after the cells, asked of Faster R-CNN beside the FPN and
+# the recipe (P6 from the cells' P5), in the same runs directory
+FRCNN_C5_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5",
+                 "faster_rcnn/norm_ln_top_p6p7_c5_after"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -181,6 +185,11 @@ STEPS: List[Step] = [
     _sizes("object_sizes_retinanet_top_c5_after", TOP_C5_ARMS, TOP_C5_STUDY, "2"),
     _study("neck_study_faster_rcnn_neck_lr", FRCNN_LR_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (35, 90)),
     _sizes("object_sizes_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY, "2"),
+    _study("neck_study_faster_rcnn_top_c5_after", FRCNN_C5_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (20, 60)),
+    _study("neck_study_faster_rcnn_top_c5_after_seeds23", FRCNN_C5_ARMS, ["2", "3"], FRCNN_LARGE_STUDY,
+           (40, 110)),
+    _study("neck_study_faster_rcnn_top_c5_after_4seeds", FRCNN_C5_ARMS, ["0", "1", "2", "3"],
+           FRCNN_LARGE_STUDY, (1, 3)),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_mask_rcnn_4seeds", MASK_LN_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,

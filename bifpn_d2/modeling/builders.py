@@ -52,7 +52,7 @@ class Flavour:
 
 # The BiFPN's top blocks were chosen on the neck study's dev splits (docs/study.md): for
 # RetinaNet the FPN's P6/P7 from C5 joined after the cells; for R-CNN (P6 for the RPN only)
-# a strided conv from the cells' P5.
+# a strided conv from the cells' P5 (P6 from C5 after the cells was behind it on dev).
 FLAVOURS = {"rcnn": Flavour(1, "maxpool", "p6p7_p5"), "retinanet": Flavour(2, "p6p7_c5", "p6p7_c5_after")}
 # MODEL.BIFPN.TOP_BLOCK: EfficientDet's max-pool levels or RetinaNet's strided convs from C5
 # (before the cells, which fuse their levels), or, after the cells from their last output,
