@@ -190,6 +190,8 @@ STEPS: List[Step] = [
            (40, 110)),
     _study("neck_study_faster_rcnn_top_c5_after_4seeds", FRCNN_C5_ARMS, ["0", "1", "2", "3"],
            FRCNN_LARGE_STUDY, (1, 3)),
+    _study("neck_study_faster_rcnn_neck_lr2_4seeds", FRCNN_LR_ARMS[:3], ["0", "1", "2", "3"],
+           FRCNN_LARGE_STUDY, (20, 60)),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_mask_rcnn_4seeds", MASK_LN_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
