@@ -43,15 +43,22 @@ def test_fusion_matches_hand_computation(method):
     torch.testing.assert_close(fusion([a, b, c]), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["weighted", "softmax", "fast_normalized"])
+@pytest.mark.parametrize("method", ["weighted", "softmax", "fast_normalized", *CHANNEL_METHODS])
 def test_fusion_backward_reaches_weights_and_inputs(method):
-    """No in-place normalisation: autograd works and every input gets a gradient."""
+    """No in-place normalisation: autograd works, every input gets a gradient, and so does
+    every weight (each channel's own, for the channel-wise kinds), at an odd size (5 x 7)."""
     inputs = [x.requires_grad_() for x in _inputs()]
-    fusion = WeightedFusion(3, method)
-    fusion(inputs).square().sum().backward()
-    assert fusion.weight.grad is not None and torch.isfinite(fusion.weight.grad).all()
+    fusion = WeightedFusion(3, method, channels=3)
+    initial = fusion.weight.detach().clone()
+    # A loss whose gradient differs between inputs and channels, so that no weight's
+    # gradient cancels by symmetry (the normalised weights sum to 1 over the inputs).
+    scale = torch.arange(1.0, 4.0).view(1, 3, 1, 1)
+    (fusion(inputs) * scale).square().sum().backward()
+    grad = fusion.weight.grad
+    assert grad is not None and grad.shape == fusion.weight.shape and torch.isfinite(grad).all()
+    assert (grad != 0).all(), grad
     assert all(x.grad is not None for x in inputs)
-    assert torch.equal(fusion.weight.detach(), torch.ones(3)), "backward must not modify the weights"
+    assert torch.equal(fusion.weight.detach(), initial), "backward must not modify the weights"
 
 
 def test_fast_normalized_weights_sum_to_one():
