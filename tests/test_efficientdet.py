@@ -548,17 +548,22 @@ def test_profile_tool_runs(tmp_path):
 
 
 @needs_effdet
-@pytest.mark.parametrize("size", [(320, 320), (256, 384)], ids=["320", "256x384"])
-def test_lite0_outputs_and_detections_equal_effdet(size):
-    """EfficientDet-Lite0 (ReLU6, sum fusion, TF padding and biases) holding the weights of
-    effdet's tf_efficientdet_lite0 (randomised norms and biases): the same logits, box
-    regressions and detections, square and not."""
+@pytest.mark.parametrize(
+    "variant, size",
+    [("Lite0", (320, 320)), *((f"Lite{i}", (256, 384)) for i in range(5))],
+    ids=["Lite0-320", "Lite0-256x384", "Lite1", "Lite2", "Lite3", "Lite4"],
+)
+def test_lite_outputs_and_detections_equal_effdet(variant, size):
+    """EfficientDet-Lite0-4 (ReLU6, sum fusion, TF padding and biases) holding the weights of
+    effdet's tf_efficientdet_lite0-4 (randomised norms and biases): the same logits, box
+    regressions and detections; Lite0 square and not, Lite1-4 at a size that is not square
+    and where effdet's anchors are exact (multiples of 128), so detections compare too."""
     torch.manual_seed(0)
-    reference = effdet.create_model("tf_efficientdet_lite0", pretrained=False, pretrained_backbone=False,
-                                    image_size=size)
+    reference = effdet.create_model(f"tf_efficientdet_{variant.lower()}", pretrained=False,
+                                    pretrained_backbone=False, image_size=size)
     randomize_norms_and_biases(reference.eval())
     cfg = bifpn_d2.add_bifpn_config(get_cfg())
-    cfg.merge_from_file(str(ROOT / "configs/EfficientDet/EfficientDet-Lite0.yaml"))
+    cfg.merge_from_file(str(ROOT / f"configs/EfficientDet/EfficientDet-{variant}.yaml"))
     cfg.MODEL.DEVICE, cfg.MODEL.EFFICIENTDET.NUM_CLASSES = "cpu", 90
     cfg.MODEL.EFFICIENTNET.NORM = cfg.MODEL.BIFPN.NORM = cfg.MODEL.EFFICIENTDET.NORM = "BN"
     cfg.MODEL.EFFICIENTDET.SCORE_THRESH_TEST = 0.0
