@@ -100,14 +100,14 @@ TOP_C5_ARMS = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_p5", "retinanet/norm
 # The same three on the Faster R-CNN pair
 FRCNN_LARGE_STUDY = "output/docs/study_frcnn_large"
 FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/norm_ln_top_p6p7_p5"]
-# The recipe with the neck's learning rate raised, beside the FPN and the recipe; the
-# Faster R-CNN diagnoses read these four arms' runs
-FRCNN_LR_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5", "faster_rcnn/norm_ln_top_p6p7_p5_lr2",
-                 "faster_rcnn/norm_ln_top_p6p7_p5_lr3"]
-# RetinaNet's P6 from C5 joined after the cells, asked of Faster R-CNN beside the FPN and
-# the recipe (P6 from the cells' P5), in the same runs directory
-FRCNN_C5_ARMS = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5",
-                 "faster_rcnn/norm_ln_top_p6p7_c5_after"]
+# Faster R-CNN's FPN and shipped recipe, beside which the arms below were trained, all in
+# one runs directory
+FRCNN_PAIR = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5"]
+# The recipe with the neck's learning rate raised; the Faster R-CNN diagnoses read these
+# four arms' runs
+FRCNN_LR_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_lr2", "faster_rcnn/norm_ln_top_p6p7_p5_lr3"]
+# RetinaNet's P6 from C5 joined after the cells, asked of Faster R-CNN
+FRCNN_C5_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_c5_after"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -190,8 +190,8 @@ STEPS: List[Step] = [
            (40, 110)),
     _study("neck_study_faster_rcnn_top_c5_after_4seeds", FRCNN_C5_ARMS, ["0", "1", "2", "3"],
            FRCNN_LARGE_STUDY, (1, 3)),
-    _study("neck_study_faster_rcnn_neck_lr2_4seeds", FRCNN_LR_ARMS[:3], ["0", "1", "2", "3"],
-           FRCNN_LARGE_STUDY, (20, 60)),
+    _study("neck_study_faster_rcnn_neck_lr2_4seeds", FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_lr2"],
+           ["0", "1", "2", "3"], FRCNN_LARGE_STUDY, (20, 60)),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_mask_rcnn_4seeds", MASK_LN_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,

@@ -125,10 +125,9 @@ def _default_top_block(backbone: DictConfig, extra_levels: int) -> str:
     are made from the cells' P5 (``"p6p7_p5"``); otherwise the flavour's default for as many
     levels (RetinaNet's from ``res5``: ``"p6p7_c5_after"``; R-CNN's P6: ``"p6p7_p5"``)."""
     top_block = backbone.get("top_block")
-    if _target(top_block) in (LastLevelP6P7, ConvP6P7TopBlock):
-        if str(top_block.get("in_feature", "res5")).startswith("p"):
-            return "p6p7_p5"
-    return default_bifpn_top_block(extra_levels)
+    reads_p5 = (_target(top_block) in (LastLevelP6P7, ConvP6P7TopBlock)
+                and str(top_block.get("in_feature", "res5")).startswith("p"))
+    return "p6p7_p5" if reads_p5 else default_bifpn_top_block(extra_levels)
 
 
 def use_bifpn(model: DictConfig, **options: Any) -> DictConfig:
