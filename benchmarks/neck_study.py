@@ -234,6 +234,13 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("norm_ln_top_p6p7_p5_lr3", "schedule", "norm_ln_top_p6p7_p5 with the neck's learning rate tripled "
      "(does more of what helped norm_ln_top_p6p7_p5_lr2 on dev help more?)",
      {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "LR_FACTOR": "3.0"}),
+    ("norm_ln_top_p6p7_p5_dense_p5", "conv", "norm_ln_top_p6p7_p5 with a dense 3x3 conv in the cells' P5 "
+     "nodes (R-CNN's RPN finds large objects with its 128 px anchors at P5, which a separable conv makes; "
+     "RetinaNet's large objects came back with dense convs making its P6/P7)",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "DENSE_CONV_LEVELS": "[5]"}),
+    ("norm_ln_top_p6p7_p5_dense_p4p5", "conv", "norm_ln_top_p6p7_p5 with dense 3x3 convs in the cells' P4 "
+     "and P5 nodes (more of the same; GFLOPs still below the FPN's)",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "DENSE_CONV_LEVELS": "[4, 5]"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,

@@ -61,6 +61,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # After each fusion: "swish" | "relu" | "relu6" | "none".
     cfg.MODEL.BIFPN.ACTIVATION = _CELL.activation  # "swish"
     cfg.MODEL.BIFPN.SEPARABLE_CONV = _CELL.separable_conv  # True: separable 3x3; False: dense 3x3
+    # Levels whose cell nodes take a dense 3x3 even with SEPARABLE_CONV, e.g. [5]: the coarse
+    # levels, where a dense conv costs few FLOPs. [] (the default): none.
+    cfg.MODEL.BIFPN.DENSE_CONV_LEVELS = list(_CELL.dense_levels)
     # Detectron2's norm names: "BN" | "SyncBN" | "nnSyncBN" | "naiveSyncBN" | "naiveSyncBN_N"
     # | "FrozenBN" | "GN" | "LN" | "". LN by default: independent of the batch size (a
     # Detectron2 R-CNN config trains 2 images per GPU, too few for BN) and, unlike GN, no

@@ -19,6 +19,7 @@ from bifpn_d2 import (
 )
 from bifpn_d2.config import add_bifpn_config
 from bifpn_d2.layers import ACTIVATIONS, FUSION_METHODS, NORMS, ChannelLayerNorm, LayerStyle
+from bifpn_d2.layers.checks import OptionError
 from bifpn_d2.modeling.bifpn import BIFPN_STYLE, CONV_INITS
 from bifpn_d2.modeling.builders import bifpn_options, build_retinanet_resnet_bifpn_backbone
 
@@ -110,6 +111,21 @@ def test_fusions(fusion):
 @pytest.mark.parametrize("same_padding", [True, False])
 def test_graphs_and_convs(graph, separable_conv, same_padding):
     _train_step(graph=graph, separable_conv=separable_conv, same_padding=same_padding)
+
+
+def test_dense_levels_make_only_their_nodes_dense():
+    """``dense_levels`` gives the nodes at those levels a dense 3x3 and leaves every other
+    node separable (BiFPN cells over P3-P7: two nodes at each of P4-P6, one at P3 and P7)."""
+    model = _train_step(dense_levels=(5, 7))
+    for cell in model.cells:
+        dense = sorted(3 + node.level_index for node in cell.nodes if node.conv.depthwise is None)
+        assert dense == [5, 5, 7]
+    assert all(node.conv.depthwise is not None for node in _bifpn().cells[0].nodes)
+
+
+def test_dense_levels_outside_the_cell_are_refused():
+    with pytest.raises(OptionError, match=r"dense_levels=\[8\] .*allowed values: \[3, 4, 5, 6, 7\]"):
+        _bifpn(dense_levels=(8,))
 
 
 @pytest.mark.parametrize("conv_init", CONV_INITS)
@@ -249,6 +265,7 @@ OPTION_EFFECTS = [
     ("fusion", "sum", "outputs"),
     ("fusion_eps", 0.5, "outputs"),
     ("separable_conv", False, "outputs"),
+    ("dense_levels", (4,), "outputs"),
     ("graph", "panet", "outputs"),
     ("graph", "qufpn", "outputs"),
     ("conv_init", "c2_xavier", "outputs"),

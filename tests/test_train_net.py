@@ -198,6 +198,9 @@ def test_unknown_key_is_one_line_naming_the_key(tmp_path, env):
         ),
         (["MODEL.BIFPN.FUSE_TYPE", "bogus"],
          "cannot build the model: MODEL.BIFPN.FUSE_TYPE='bogus' is not valid"),
+        (["MODEL.BIFPN.DENSE_CONV_LEVELS", "[5, 8]"],
+         "cannot build the model: MODEL.BIFPN.DENSE_CONV_LEVELS=[5, 8] is not valid; [8] are not levels "
+         "of the cell, P3-P5: allowed values: [3, 4, 5]"),
         (["MODEL.BIFPN.FUSION", "sum"],
          "cannot build the model: MODEL.BIFPN.FUSION was renamed MODEL.BIFPN.FUSE_TYPE"),
         (["SOLVER.MAX_ITER"], "overrides must be KEY VALUE pairs"),

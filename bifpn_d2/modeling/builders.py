@@ -91,6 +91,7 @@ CELL_KEYS = {
     "fusion_eps": "MODEL.FPN.FUSION_EPS",
     "activation": "MODEL.BIFPN.ACTIVATION",
     "separable_conv": "MODEL.BIFPN.SEPARABLE_CONV",
+    "dense_levels": "MODEL.BIFPN.DENSE_CONV_LEVELS",
     "residual": "MODEL.BIFPN.RESIDUAL",
     "residual_scale": "MODEL.BIFPN.RESIDUAL_SCALE",
     "conv_init": "MODEL.BIFPN.CONV_INIT",
@@ -113,6 +114,11 @@ def _read(cfg, key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def _as_tuple(value: Any) -> Any:
+    """A config list as the tuple a frozen options dataclass holds; other values as they are."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 
@@ -203,7 +209,7 @@ def bifpn_options(cfg) -> Dict[str, Any]:
     with naming_keys(_BIFPN_KEYS):
         return dict(
             num_cells=cfg.MODEL.BIFPN.NUM_CELLS,
-            cell=CellOptions(**{field: _read(cfg, key) for field, key in CELL_KEYS.items()}),
+            cell=CellOptions(**{field: _as_tuple(_read(cfg, key)) for field, key in CELL_KEYS.items()}),
             style=LayerStyle(**{field: _read(cfg, key) for field, key in STYLE_KEYS.items()}),
         )
 

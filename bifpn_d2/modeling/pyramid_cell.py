@@ -1,7 +1,7 @@
 """Run one pyramid cell (a :mod:`pyramid_graph` spec) over a list of feature maps."""
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ class CellOptions:
         fusion, fusion_eps: how each node fuses its inputs (see :class:`WeightedFusion`).
         activation: after each fusion, before the conv (see :func:`make_activation`).
         separable_conv: depthwise-separable (True) or dense 3x3 conv after each fusion.
+        dense_levels: levels whose nodes take a dense 3x3 conv even when
+            ``separable_conv`` (e.g. ``(5,)``: the coarse levels, where a dense conv costs
+            little); every level must lie in the cell.
         residual: each cell whose inputs all have the neck's width adds them to its
             outputs at their levels (an identity path through the cell); a cell whose
             inputs have other widths (the first, over a ResNet) stays plain.
@@ -46,6 +49,7 @@ class CellOptions:
     fusion_eps: float = 1e-4
     activation: str = "swish"
     separable_conv: bool = True
+    dense_levels: Tuple[int, ...] = ()
     residual: bool = True
     residual_scale: float = 0.0
     conv_init: str = "xavier_uniform"
@@ -70,6 +74,7 @@ class FusionNode(nn.Module):
         level_index: int,
         out_channels: int,
         options: CellOptions = DEFAULT_CELL,
+        separable: bool = True,
         style: LayerStyle = LayerStyle(),
     ):
         """
@@ -79,7 +84,9 @@ class FusionNode(nn.Module):
                 minus the input's level.
             level_index: this node's level minus the cell's lowest level.
             out_channels: channels of the node.
-            options: its fusion, activation and conv (see :class:`CellOptions`).
+            options: its fusion, activation and conv (see :class:`CellOptions`; whether
+                the conv is separable is ``separable``'s to say).
+            separable: a depthwise-separable conv after the fusion (False: a dense 3x3).
             style: norms, conv biases and max-pool padding (see :class:`LayerStyle`).
         """
         super().__init__()
@@ -91,7 +98,7 @@ class FusionNode(nn.Module):
         )
         self.fusion = WeightedFusion(len(self.input_ids), options.fusion, options.fusion_eps, out_channels)
         self.act = make_activation(options.activation)
-        self.conv = SeparableConvNorm(out_channels, options.separable_conv, style)
+        self.conv = SeparableConvNorm(out_channels, separable, style)
 
     def freeze_for_inference_(self) -> None:
         """Replace a learnable fusion by its frozen stand-in (see
@@ -152,6 +159,12 @@ class PyramidCell(ActivationCheckpointing, nn.Module):
         max_level = min_level + num_levels - 1
         node_levels = [min_level + i for i in range(num_levels)]
         node_channels = list(in_channels)
+        outside = [level for level in options.dense_levels
+                   if not isinstance(level, int) or not min_level <= level <= max_level]
+        if outside:
+            raise OptionError("dense_levels", list(options.dense_levels),
+                              f"{outside} are not levels of the cell, P{min_level}-P{max_level}: "
+                              f"allowed values: {list(range(min_level, max_level + 1))}")
         self.nodes = nn.ModuleList()
         for node in nodes:
             if not min_level <= node.level <= max_level:
@@ -164,6 +177,7 @@ class PyramidCell(ActivationCheckpointing, nn.Module):
                     level_index=node.level - min_level,
                     out_channels=out_channels,
                     options=options,
+                    separable=options.separable_conv and node.level not in options.dense_levels,
                     style=style,
                 )
             )
