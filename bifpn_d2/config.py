@@ -99,6 +99,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Learning rate of the BiFPN's parameters (top block and cells) as a multiple of
     # SOLVER.BASE_LR; applied by bifpn_d2's trainer (tools/train_net.py).
     cfg.MODEL.BIFPN.LR_FACTOR = 1.0
+    # Learning rate of the cells' fusion weights as a multiple of the neck's: in a short
+    # schedule they stay near their equal initial split at 1 (docs/study.md).
+    cfg.MODEL.BIFPN.FUSION_LR_FACTOR = 1.0
     # Run the cells in channels-last memory layout; the outputs are then channels-last
     # tensors (same values). Several times faster depthwise convs and pools on CPU.
     cfg.MODEL.BIFPN.CHANNELS_LAST = _CELL.channels_last  # True

@@ -29,6 +29,7 @@ from bifpn_d2.engine import (
     run_cli,
 )
 from bifpn_d2.engine.config import build_checked_model
+from bifpn_d2.layers import WeightedFusion
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/synthetic/RetinaNet-R18-BiFPN.yaml")
@@ -201,6 +202,8 @@ def test_unknown_key_is_one_line_naming_the_key(tmp_path, env):
         (["MODEL.BIFPN.DENSE_CONV_LEVELS", "[5, 8]"],
          "cannot build the model: MODEL.BIFPN.DENSE_CONV_LEVELS=[5, 8] is not valid; [8] are not levels "
          "of the cell, P3-P5: allowed values: [3, 4, 5]"),
+        (["MODEL.BIFPN.FUSION_LR_FACTOR", "0"],
+         "MODEL.BIFPN.FUSION_LR_FACTOR=0.0 is not valid; it must be > 0"),
         (["MODEL.BIFPN.FUSION", "sum"],
          "cannot build the model: MODEL.BIFPN.FUSION was renamed MODEL.BIFPN.FUSE_TYPE"),
         (["SOLVER.MAX_ITER"], "overrides must be KEY VALUE pairs"),
@@ -404,15 +407,23 @@ def read_csv_rows(path: Path) -> list:
         return list(csv.DictReader(f))
 
 
-def test_neck_lr_factor():
-    """MODEL.BIFPN.LR_FACTOR scales the learning rate of the BiFPN's parameters only."""
-    cfg = load_config(CONFIG, TINY + ["MODEL.BIFPN.LR_FACTOR", "3.0"])
+@pytest.mark.parametrize("neck, fusion", [(3.0, 1.0), (1.0, 10.0), (2.0, 5.0)])
+def test_neck_lr_factor(neck, fusion):
+    """MODEL.BIFPN.LR_FACTOR scales the learning rate of the BiFPN's parameters only, and
+    MODEL.BIFPN.FUSION_LR_FACTOR that of its fusion weights on top."""
+    cfg = load_config(CONFIG, TINY + ["MODEL.BIFPN.LR_FACTOR", str(neck), "MODEL.BIFPN.FUSION_LR_FACTOR",
+                                      str(fusion)])
     model = build_checked_model(cfg)
     optimizer = Trainer.build_optimizer(cfg, model)
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    fusion_weights = 0
     for name, p in model.named_parameters():
         in_neck = name.startswith("backbone.") and not name.startswith("backbone.bottom_up.")
-        assert lr_of[id(p)] == pytest.approx(BASE_LR * (3.0 if in_neck else 1.0)), name
+        is_fusion = in_neck and name.endswith(".fusion.weight")
+        fusion_weights += is_fusion
+        expected = BASE_LR * (neck * fusion if is_fusion else neck if in_neck else 1.0)
+        assert lr_of[id(p)] == pytest.approx(expected), name
+    assert fusion_weights == sum(isinstance(m, WeightedFusion) for m in model.backbone.cells.modules()) > 0
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,11 @@ def check_values(cfg: CfgNode) -> None:
     """
     if not cfg.SOLVER.BASE_LR > 0:
         raise ConfigError(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR!r} is not valid; it must be > 0")
+    if "BIFPN" in cfg.MODEL:
+        for name in ("LR_FACTOR", "FUSION_LR_FACTOR"):
+            value = cfg.MODEL.BIFPN[name]
+            if not value > 0:
+                raise ConfigError(f"MODEL.BIFPN.{name}={value!r} is not valid; it must be > 0")
     sizes = cfg.INPUT.MIN_SIZE_TRAIN
     sizes = sizes if isinstance(sizes, (list, tuple)) else (sizes,)
     if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):

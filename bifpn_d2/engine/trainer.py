@@ -33,14 +33,17 @@ __all__ = ["Trainer", "clip_full_model_gradients", "log_period", "neck_lr_factor
 
 
 
-def neck_lr_factor(factor: float) -> Callable[[str], float]:
+def neck_lr_factor(factor: float, fusion_factor: float = 1.0) -> Callable[[str], float]:
     """For Detectron2's ``get_default_optimizer_params(lr_factor_func=...)``: ``factor``
     for the parameters of a detector's neck (``backbone.*`` outside ``backbone.bottom_up``),
-    1 for the rest. LazyConfig users pass it to their optimizer's params."""
+    ``factor * fusion_factor`` for the neck's fusion weights (``*.fusion.weight``), 1 for
+    the rest. LazyConfig users pass it to their optimizer's params."""
 
     def lr_factor(name: str) -> float:
         in_neck = name.startswith("backbone.") and not name.startswith("backbone.bottom_up.")
-        return factor if in_neck else 1.0
+        if not in_neck:
+            return 1.0
+        return factor * fusion_factor if name.endswith(".fusion.weight") else factor
 
     return lr_factor
 
@@ -110,7 +113,8 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """Detectron2's SGD; with ``MODEL.BIFPN.LR_FACTOR`` != 1, the BiFPN's own parameters
         (everything of the backbone but its bottom-up network) learn at that multiple of
-        the base learning rate, warmup and steps included. ``SOLVER.CLIP_GRADIENTS`` with
+        the base learning rate, warmup and steps included, and its fusion weights at
+        ``MODEL.BIFPN.FUSION_LR_FACTOR`` times the neck's. ``SOLVER.CLIP_GRADIENTS`` with
         ``CLIP_TYPE "full_model"`` clips the norm of all gradients together
         (:func:`clip_full_model_gradients`); "value" and "norm" are Detectron2's."""
         clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -120,8 +124,8 @@ class Trainer(DefaultTrainer):
             unclipped.SOLVER.CLIP_GRADIENTS.ENABLED = False
             optimizer = cls.build_optimizer(unclipped, model)
             return clip_full_model_gradients(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
-        factor = cfg.MODEL.BIFPN.LR_FACTOR
-        if factor == 1.0 or "bifpn" not in cfg.MODEL.BACKBONE.NAME:
+        factor, fusion_factor = cfg.MODEL.BIFPN.LR_FACTOR, cfg.MODEL.BIFPN.FUSION_LR_FACTOR
+        if (factor == 1.0 and fusion_factor == 1.0) or "bifpn" not in cfg.MODEL.BACKBONE.NAME:
             return super().build_optimizer(cfg, model)
         params = get_default_optimizer_params(
             model,
@@ -129,7 +133,7 @@ class Trainer(DefaultTrainer):
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            lr_factor_func=neck_lr_factor(factor),
+            lr_factor_func=neck_lr_factor(factor, fusion_factor),
         )
         optimizer = torch.optim.SGD(
             params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
