@@ -73,6 +73,15 @@ def _sizes(name: str, arms: Sequence[str], study: str, threads: str) -> Step:
     return Step(name, command, out, _outputs("object_sizes", name, "md", "csv"), (5, 15))
 
 
+def _fusion_weights(name: str, arm: str, study: str) -> Step:
+    """The fusion weights of seed 0 of ``arm`` trained in ``study``: ``docs/<name>.{png,csv}``."""
+    out = f"output/docs/{name}"
+    run = f"{study}/{arm}/seed0"
+    command = _tool("plot_fusion_weights", "--config-file", f"{run}/config.yaml", "--weights",
+                    f"{run}/model_final.pth", "--output-dir", out)
+    return Step(name, command, out, _outputs("fusion_weights", name, "png", "csv"))
+
+
 def _false_positives(name: str, arms: Sequence[str], study: str) -> Step:
     """The confident detections by kind and box size, on dev, of seeds 0 1 of ``arms``
     trained in ``study`` (read from their saved detections): ``docs/<name>.*``."""
@@ -108,6 +117,9 @@ FRCNN_PAIR = ["faster_rcnn/fpn", "faster_rcnn/norm_ln_top_p6p7_p5"]
 FRCNN_LR_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_lr2", "faster_rcnn/norm_ln_top_p6p7_p5_lr3"]
 # RetinaNet's P6 from C5 joined after the cells, asked of Faster R-CNN
 FRCNN_C5_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_c5_after"]
+# Dense 3x3 convs in the cells' coarse nodes (P5; P4 and P5), asked of Faster R-CNN
+FRCNN_DENSE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_dense_p5",
+                                 "faster_rcnn/norm_ln_top_p6p7_p5_dense_p4p5"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -192,6 +204,12 @@ STEPS: List[Step] = [
            FRCNN_LARGE_STUDY, (1, 3)),
     _study("neck_study_faster_rcnn_neck_lr2_4seeds", FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_lr2"],
            ["0", "1", "2", "3"], FRCNN_LARGE_STUDY, (20, 60)),
+    _study("neck_study_faster_rcnn_dense", FRCNN_DENSE_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (40, 110)),
+    _study("neck_study_faster_rcnn_dense_4seeds", FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_dense_p4p5"],
+           ["0", "1", "2", "3"], FRCNN_LARGE_STUDY, (20, 60)),
+    _study("neck_study_faster_rcnn_fusion_lr10_4seeds",
+           FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_fusion_lr10"], ["0", "1", "2", "3"],
+           FRCNN_LARGE_STUDY, (40, 110)),
     _study("neck_study_segmentation_ln", SEGMENTATION_LN_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_semantic_arms", SEMANTIC_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (50, 150)),
     _study("neck_study_mask_rcnn_4seeds", MASK_LN_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
@@ -204,6 +222,9 @@ STEPS: List[Step] = [
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),
          "output/docs/fusion_weights", {"fusion_weights.png": "fusion_weights_retinanet.png"}),
+    _fusion_weights("fusion_weights_faster_rcnn", "faster_rcnn/norm_ln_top_p6p7_p5", FRCNN_LARGE_STUDY),
+    _fusion_weights("fusion_weights_faster_rcnn_fusion_lr10", "faster_rcnn/norm_ln_top_p6p7_p5_fusion_lr10",
+                    FRCNN_LARGE_STUDY),
     Step("demo",
          _tool("demo", "--config-file", RETINANET_BIFPN, "--input", VAL_IMAGE,
                "--output", "{docs}/demo.png", "--confidence-threshold", "0.5",

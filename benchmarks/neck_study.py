@@ -245,9 +245,6 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "neck's learning rate (MODEL.BIFPN.FUSION_LR_FACTOR 10: at 1x they end a 400-iteration run within "
      "0.1-0.2 of their equal initial split, so every node averages its inputs)",
      {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "FUSION_LR_FACTOR": "10.0"}),
-    ("norm_ln_top_p6p7_p5_fusion_lr30", "fusion", "norm_ln_top_p6p7_p5 with the fusion weights at 30x the "
-     "neck's learning rate (more of the same)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "FUSION_LR_FACTOR": "30.0"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,

@@ -121,7 +121,6 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-
 @BACKBONE_REGISTRY.register()
 def build_efficientnet_backbone(cfg, input_shape: ShapeSpec) -> EfficientNetBackbone:
     """timm EfficientNet alone (outputs ``c1``..``c5``); reads ``MODEL.EFFICIENTNET.*``
