@@ -245,6 +245,10 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "neck's learning rate (MODEL.BIFPN.FUSION_LR_FACTOR 10: at 1x they end a 400-iteration run within "
      "0.1-0.2 of their equal initial split, so every node averages its inputs)",
      {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "FUSION_LR_FACTOR": "10.0"}),
+    ("norm_ln_top_p6p7_p5_residual_scale0.1", "residual", "norm_ln_top_p6p7_p5 with the residual cells "
+     "starting at a tenth of their change (output norm scales 0.1, not 0): from 0 the cells after the first "
+     "learn nothing in a 400-iteration run (their fusion weights do not move)",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "RESIDUAL_SCALE": "0.1"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
