@@ -190,6 +190,9 @@ _BIFPN = [_bifpn(name, group, question, BIFPN_BEFORE, **changes)
 # Every other pair: the same questions, asked of its own BiFPN. "shipped" is what its
 # config shipped before this study (BIFPN_BEFORE: 3 plain cells, EfficientDet's top block);
 # "candidate" is what won for RetinaNet (BIFPN_AFTER), tried as the default for all.
+# The LN recipe: LN norms, P6/P7 by strided convs from the cells' P5 (norm_ln_top_p6p7_p5);
+# the arms that vary it start from it.
+_LN_P5 = {"NORM": "LN", "TOP_BLOCK": "p6p7_p5"}
 _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("candidate", "reference", "residual cells, learned P6 (P6/P7) from C5: RetinaNet's winner", {}),
     ("shipped", "reference", "3 plain cells, EfficientDet's max-pool top block (as shipped before)",
@@ -212,7 +215,7 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("norm_ln", "norm", "the candidate with LN (over channels at each pixel) instead of GN: no statistics "
      "over a coarse level's few pixels", {"NORM": "LN"}),
     ("norm_ln_top_p6p7_p5", "norm", "norm_ln and top_p6p7_p5 together (on RetinaNet's dev split LN led "
-     "on AP, the top block after the cells on large objects)", {"NORM": "LN", "TOP_BLOCK": "p6p7_p5"}),
+     "on AP, the top block after the cells on large objects)", _LN_P5),
     ("norm_ln_top_p6p7_c5_after", "top block", "norm_ln_top_p6p7_p5 with P6/P7 from C5 (the FPN's: "
      "RetinaNet's strided convs, wider input), still after the cells: is what P6/P7 read where large "
      "objects are lost?",
@@ -230,25 +233,25 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "of the candidate on Faster R-CNN's dev split)", {"LR_FACTOR": "2.0", "TOP_BLOCK": "efficientdet"}),
     ("norm_ln_top_p6p7_p5_lr2", "schedule", "norm_ln_top_p6p7_p5 with the neck's learning rate doubled "
      "(on the candidate, neck_lr2 narrowed Faster R-CNN's large-object gap: is the neck undertrained?)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "LR_FACTOR": "2.0"}),
+     {**_LN_P5, "LR_FACTOR": "2.0"}),
     ("norm_ln_top_p6p7_p5_lr3", "schedule", "norm_ln_top_p6p7_p5 with the neck's learning rate tripled "
      "(does more of what helped norm_ln_top_p6p7_p5_lr2 on dev help more?)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "LR_FACTOR": "3.0"}),
+     {**_LN_P5, "LR_FACTOR": "3.0"}),
     ("norm_ln_top_p6p7_p5_dense_p5", "conv", "norm_ln_top_p6p7_p5 with a dense 3x3 conv in the cells' P5 "
      "nodes (R-CNN's RPN finds large objects with its 128 px anchors at P5, which a separable conv makes; "
      "RetinaNet's large objects came back with dense convs making its P6/P7)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "DENSE_CONV_LEVELS": "[5]"}),
+     {**_LN_P5, "DENSE_CONV_LEVELS": "[5]"}),
     ("norm_ln_top_p6p7_p5_dense_p4p5", "conv", "norm_ln_top_p6p7_p5 with dense 3x3 convs in the cells' P4 "
      "and P5 nodes (more of the same; GFLOPs still below the FPN's)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "DENSE_CONV_LEVELS": "[4, 5]"}),
+     {**_LN_P5, "DENSE_CONV_LEVELS": "[4, 5]"}),
     ("norm_ln_top_p6p7_p5_fusion_lr10", "fusion", "norm_ln_top_p6p7_p5 with the fusion weights at 10x the "
      "neck's learning rate (MODEL.BIFPN.FUSION_LR_FACTOR 10: at 1x they end a 400-iteration run within "
      "0.1-0.2 of their equal initial split, so every node averages its inputs)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "FUSION_LR_FACTOR": "10.0"}),
+     {**_LN_P5, "FUSION_LR_FACTOR": "10.0"}),
     ("norm_ln_top_p6p7_p5_residual_scale0.1", "residual", "norm_ln_top_p6p7_p5 with the residual cells "
      "starting at a tenth of their change (output norm scales 0.1, not 0): from 0 the cells after the first "
      "learn nothing in a 400-iteration run (their fusion weights do not move)",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_p5", "RESIDUAL_SCALE": "0.1"}),
+     {**_LN_P5, "RESIDUAL_SCALE": "0.1"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
