@@ -30,6 +30,8 @@ __all__ = [
     "LN_TOP_P5_RECIPE",
     "SHIPPED_RECIPES",
     "arm_runs",
+    "compare_to_fpn",
+    "pool_studies",
     "summarize_arms",
     "write_report",
 ]
@@ -321,20 +323,13 @@ def _metric_of_seeds(runs: Sequence[Run], metric: str, dataset: str) -> List[flo
     return [run.value(metric, dataset) for run in runs]
 
 
-def _mean(runs: Sequence[Run], metric: str, dataset: str) -> float:
-    return mean_and_sd(_metric_of_seeds(runs, metric, dataset))[0]
-
-
 def summarize_arms(
     results: Sequence[Tuple[Arm, Run]], costs: Dict[str, Dict[str, float]]
 ) -> List[Dict[str, object]]:
     """One row per arm, in the order of ``results``: its pair's primary metric (mean, sample
-    sd and every seed) on each evaluation split, the difference of each mean to the pair's
-    ``fpn`` arm, the size metric (AP_large for detectors) on each split and its difference
-    to the FPN's, cost (``costs[key]``: GFLOPs, parameters), seconds per iteration, and
-    whether the arm *wins*: at least 2 points over the FPN on ``val`` and on every transfer
-    set, at no more GFLOPs, and no worse on large objects on ``val``. ``dev`` is where
-    choices are made; it does not decide a win."""
+    sd and every seed) on each evaluation split, the size metric (AP_large for detectors)
+    on each split, cost (``costs[key]``: GFLOPs, parameters), seconds per iteration, and the
+    differences to the pair's ``fpn`` arm and whether the arm wins (:func:`compare_to_fpn`)."""
     groups: Dict[str, List[Run]] = {}
     arms: Dict[str, Arm] = {}
     for arm, run in results:
@@ -345,35 +340,107 @@ def summarize_arms(
         arm = arms[key]
         pair = PAIRS[arm.pair]
         suffix = pair.task_suffix
-        reference = groups.get(f"{arm.pair}/fpn", [])
         row: Dict[str, object] = {
             "pair": arm.pair, "arm": arm.name, "group": arm.group, "metric": pair.primary,
             "seeds": " ".join(str(r.seed) for r in runs),
         }
         for dataset, column in SPLIT_COLUMNS.items():
             values = _metric_of_seeds(runs, pair.primary, dataset + suffix)
-            mean, sd = mean_and_sd(values)
-            row[column], row[f"{column} sd"] = mean, sd
+            row[column], row[f"{column} sd"] = mean_and_sd(values)
             row[f"{column} per seed"] = " / ".join(f"{v:.1f}" for v in values)
-            row[f"{column} - fpn"] = mean - _mean(reference, pair.primary, dataset + suffix)
         large = _LARGE.get(pair.primary)
         if large:  # the size metric on every split: one bucket of few objects is noisy
             for dataset, column in SPLIT_COLUMNS.items():
-                row[f"{column} large"] = _mean(runs, large, dataset)
-                row[f"{column} large - fpn"] = row[f"{column} large"] - _mean(reference, large, dataset)
-            row["large - fpn per split"] = " / ".join(
-                f"{row[f'{column} large - fpn']:+.1f}" for column in SPLIT_COLUMNS.values())
+                row[f"{column} large"] = mean_and_sd(_metric_of_seeds(runs, large, dataset))[0]
         row.update(costs.get(key, {}))
-        fpn_cost = costs.get(f"{arm.pair}/fpn", {}).get("GFLOPs", math.nan)
         row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
-        if arm.name != "fpn":
-            margins = [row[f"{SPLIT_COLUMNS[d]} - fpn"] for d in (VAL,) + TRANSFER]
-            wins = all(m >= 2.0 for m in margins) and row.get("GFLOPs", math.inf) <= fpn_cost
-            wins = wins and (not large or row["val large - fpn"] >= 0)
-            row["wins"] = "yes" if wins else "no"
         row["what it tests"] = arm.question
         rows.append(row)
+    return compare_to_fpn(rows)
+
+
+def compare_to_fpn(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Add to each row its differences to its pair's ``fpn`` row (NaN without one): of the
+    primary metric on each split, of AP_large on each split where the rows have it, and
+    whether the arm *wins*: at least 2 points over the FPN on ``val`` and on every transfer
+    set, at no more GFLOPs, and no worse on large objects on ``val``. ``dev`` is where
+    choices are made; it does not decide a win. Returns ``rows``, changed in place."""
+    fpn = {row["pair"]: row for row in rows if row["arm"] == "fpn"}
+    for row in rows:
+        reference = fpn.get(row["pair"], {})
+        for column in SPLIT_COLUMNS.values():
+            row[f"{column} - fpn"] = row[column] - reference.get(column, math.nan)
+        large = f"{SPLIT_COLUMNS[VAL]} large" in row
+        if large:
+            for column in SPLIT_COLUMNS.values():
+                difference = row[f"{column} large"] - reference.get(f"{column} large", math.nan)
+                row[f"{column} large - fpn"] = difference
+            row["large - fpn per split"] = " / ".join(
+                f"{row[f'{column} large - fpn']:+.1f}" for column in SPLIT_COLUMNS.values())
+        if row["arm"] != "fpn":
+            margins = [row[f"{SPLIT_COLUMNS[d]} - fpn"] for d in (VAL,) + TRANSFER]
+            wins = all(m >= 2.0 for m in margins) and row.get("GFLOPs", math.inf) <= reference.get(
+                "GFLOPs", math.nan)
+            wins = wins and (not large or row["val large - fpn"] >= 0)
+            row["wins"] = "yes" if wins else "no"
     return rows
+
+
+def _pooled(groups: Sequence[Tuple[int, float, float]]) -> Tuple[float, float]:
+    """Mean and sample sd of the union of groups of values, each given as (count, mean,
+    sample sd; NaN for a single value): exact, as if computed from every value. Groups
+    without a value (count 0 or a NaN mean) are left out, as :func:`mean_and_sd` leaves out
+    NaN values; NaN when no group is left."""
+    groups = [(n, m, sd) for n, m, sd in groups if n > 0 and not math.isnan(m)]
+    if not groups:
+        return math.nan, math.nan
+    count = sum(n for n, _, _ in groups)
+    mean = sum(n * m for n, m, _ in groups) / count
+    squares = sum((n - 1) * (sd * sd if n > 1 else 0.0) + n * (m - mean) ** 2 for n, m, sd in groups)
+    return mean, math.sqrt(squares / (count - 1)) if count > 1 else math.nan
+
+
+def pool_studies(tables: Sequence[Sequence[Dict[str, str]]]) -> List[Dict[str, object]]:
+    """The study's rows over the seeds of several studies of the same arms (each table:
+    the rows of one ``neck_study.csv``, as read by :class:`csv.DictReader`), e.g. seeds 0 1
+    trained on one machine and seeds 2 3 on another: per arm, the exact mean and sd over
+    all its seeds on each split, the mean AP_large over all its seeds, and the differences
+    to the pooled FPN (:func:`compare_to_fpn`). Rows in the order they first appear.
+
+    Raises ``ValueError`` when one arm has a seed in two tables or different GFLOPs (then
+    the tables do not study the same arm)."""
+    arms: Dict[Tuple[str, str], List[Dict[str, str]]] = {}
+    for table in tables:
+        for row in table:
+            arms.setdefault((row["pair"], row["arm"]), []).append(row)
+    pooled: List[Dict[str, object]] = []
+    for (pair, arm), parts in arms.items():
+        seeds = [part["seeds"].split() for part in parts]
+        flat = [seed for group in seeds for seed in group]
+        if len(set(flat)) < len(flat):
+            raise ValueError(
+                f"{pair}/{arm}: seeds {' '.join(flat)} repeat across the tables; pool disjoint seeds")
+        costs = {part["GFLOPs"] for part in parts}
+        if len({round(float(c), 6) for c in costs}) > 1:
+            raise ValueError(
+                f"{pair}/{arm}: GFLOPs differ across the tables ({sorted(costs)}): not the same arm")
+        counts = [len(group) for group in seeds]
+        row: Dict[str, object] = {key: parts[0][key] for key in ("pair", "arm", "group", "metric")}
+        row["seeds"] = " ".join(flat)
+        for column in SPLIT_COLUMNS.values():
+            values = [[v for v in p[f"{column} per seed"].split(" / ") if v != "nan"] for p in parts]
+            row[column], row[f"{column} sd"] = _pooled(  # a seed without a value (NaN) does not count
+                [(len(v), float(p[column]), float(p[f"{column} sd"])) for v, p in zip(values, parts)])
+            row[f"{column} per seed"] = " / ".join(p[f"{column} per seed"] for p in parts)
+            if parts[0].get(f"{column} large"):
+                row[f"{column} large"] = _pooled(
+                    [(n, float(p[f"{column} large"]), math.nan) for n, p in zip(counts, parts)])[0]
+        for key in ("GFLOPs", "params_M", "neck_params_M"):
+            row[key] = float(parts[0][key])
+        row["s/iter"] = _pooled([(n, float(p["s/iter"]), math.nan) for n, p in zip(counts, parts)])[0]
+        row["what it tests"] = parts[0]["what it tests"]
+        pooled.append(row)
+    return compare_to_fpn(pooled)
 
 
 # Columns of the study table, in order (the CSV has them all, with full precision).

@@ -616,6 +616,51 @@ def test_neck_study_rows_give_ap_large_on_every_split():
     assert rows["candidate"]["val large - fpn"] == pytest.approx(0.5)
 
 
+def test_pooled_studies_equal_one_study_of_every_seed(tmp_path):
+    """Pooling the CSV of seeds 0 1 with that of seeds 2 3 gives the rows of one study of
+    seeds 0-3 (means, sample sds, AP_large, differences to the FPN, wins); an arm whose
+    seeds repeat across the tables is refused."""
+    import csv
+
+    from benchmarks.comparison import Run
+    from benchmarks.neck_study import ARMS, CSV_COLUMNS, SPLIT_COLUMNS, pool_studies, summarize_arms
+    from benchmarks.report import write_csv
+
+    arms = {a.key: a for a in ARMS}
+    fpn, recipe = arms["faster_rcnn/fpn"], arms["faster_rcnn/norm_ln_top_p6p7_p5"]
+
+    def run(arm, seed, offset):
+        metrics = {}
+        for i, dataset in enumerate(SPLIT_COLUMNS):
+            metrics[f"{dataset}/bbox/AP"] = 50.0 + i + offset + seed * seed  # unequal spreads per group
+            metrics[f"{dataset}/bbox/APl"] = 40.0 + i - offset * seed
+        return arm, Run(arm.key, arm.config, Path("unused"), seed=seed, metrics=metrics)
+
+    costs = {fpn.key: {"GFLOPs": 7.0, "params_M": 1.0, "neck_params_M": 0.5},
+             recipe.key: {"GFLOPs": 6.5, "params_M": 1.0, "neck_params_M": 0.4}}
+    runs = {(arm.key, seed): run(arm, seed, offset)
+            for arm, offset in ((fpn, 0.0), (recipe, 2.5)) for seed in range(4)}
+
+    def table(seeds, name):
+        rows = summarize_arms([runs[arm.key, s] for arm in (fpn, recipe) for s in seeds], costs)
+        write_csv(rows, str(tmp_path / name), CSV_COLUMNS)
+        with open(tmp_path / name, newline="") as f:
+            return list(csv.DictReader(f))
+
+    expected = summarize_arms([runs[arm.key, s] for arm in (fpn, recipe) for s in range(4)], costs)
+    pooled = pool_studies([table([0, 1], "a.csv"), table([2, 3], "b.csv")])
+    assert [(r["pair"], r["arm"], r["seeds"]) for r in pooled] == [
+        ("faster_rcnn", "fpn", "0 1 2 3"), ("faster_rcnn", "norm_ln_top_p6p7_p5", "0 1 2 3")]
+    for got, want in zip(pooled, expected):
+        for column in CSV_COLUMNS:
+            if column in want and isinstance(want[column], float):
+                assert got[column] == pytest.approx(want[column], nan_ok=True), column
+            elif column in want:
+                assert got[column] == want[column], column
+    with pytest.raises(ValueError, match="repeat"):
+        pool_studies([table([0, 1], "a.csv"), table([1, 2], "c.csv")])
+
+
 def test_dense_size_diagnosis_reads_the_head_at_each_boxs_anchors(tmp_path):
     """A RetinaNet on 4 tiny images whose head predicts a fixed probability per class and
     no box change: every box counted in its bucket and under its best anchor's level;

@@ -7,6 +7,7 @@ several seeds on the built-in dataset, then tabulate and plot mean and spread of
     python tools/neck_study.py --list                   # the arms and what each tests
     python tools/neck_study.py --quick                  # smoke run on the tiny dataset
     python tools/neck_study.py --jobs 8 --output-dir output/neck_study_cuda MODEL.DEVICE cuda
+    python tools/neck_study.py --pool docs/a.csv docs/b.csv --output-dir output/pooled  # seeds of both
 
 Arms are named or chosen by group (see ``--list``); they are defined in
 ``benchmarks.neck_study``. Runs go ``--jobs`` at a time with ``--threads`` each
@@ -31,11 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks.comparison import QUICK_ITERS, ROOT, measure_cost, run_all, schedule_overrides, tiny_splits
 from benchmarks.neck_study import (
     ARMS,
+    CSV_COLUMNS,
     FIRST_STUDY,
     GROUPS,
     PAIRS,
     arm_runs,
     fusion_speed,
+    pool_studies,
     summarize_arms,
     write_report,
 )
@@ -45,6 +48,31 @@ from bifpn_d2.engine.config import ConfigError, load_config
 
 def say(message: str) -> None:
     print(f"[neck_study] {message}", flush=True)
+
+
+def pool(paths, output_dir: Path) -> None:
+    """Write the study's report over the seeds of the studies in ``paths`` (their CSVs)."""
+    import csv
+
+    tables = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"neck_study.py: error: --pool: no such file {path!r}")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SystemExit(f"neck_study.py: error: --pool: {path} is not a neck_study.csv: no column "
+                                 f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+            tables.append(list(reader))
+    try:
+        rows = pool_studies(tables)
+    except ValueError as e:
+        raise SystemExit(f"neck_study.py: error: --pool: {e}") from None
+    title = "Neck study, seeds pooled from " + ", ".join(Path(p).name for p in paths)
+    for path in write_report(rows, [], {}, output_dir.resolve(), title):
+        say(f"wrote {path}")
+    print((output_dir / "neck_study.md").read_text())
 
 
 def main(argv=None) -> None:
@@ -66,10 +94,17 @@ def main(argv=None) -> None:
         "--report-only", action="store_true", help="train nothing: tabulate the runs already finished"
     )
     parser.add_argument(
+        "--pool", nargs="+", metavar="CSV",
+        help="train nothing: pool the seeds of these neck_study.csv files (same arms, other seeds)",
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run (e.g. MODEL.DEVICE cuda)"
     )
     args = parser.parse_args(argv)
 
+    if args.pool:
+        pool(args.pool, Path(args.output_dir))
+        return
     if args.list:
         for arm in ARMS:
             print(f"{arm.key:32s} {arm.group:14s} {arm.question}")
