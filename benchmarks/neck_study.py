@@ -351,7 +351,9 @@ def summarize_arms(
         large = _LARGE.get(pair.primary)
         if large:  # the size metric on every split: one bucket of few objects is noisy
             for dataset, column in SPLIT_COLUMNS.items():
-                row[f"{column} large"] = mean_and_sd(_metric_of_seeds(runs, large, dataset))[0]
+                values = _metric_of_seeds(runs, large, dataset)
+                row[f"{column} large"] = mean_and_sd(values)[0]
+                row[f"{column} large per seed"] = " / ".join(f"{v:.1f}" for v in values)
         row.update(costs.get(key, {}))
         row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
         row["what it tests"] = arm.question
@@ -435,6 +437,8 @@ def pool_studies(tables: Sequence[Sequence[Dict[str, str]]]) -> List[Dict[str, o
             if parts[0].get(f"{column} large"):
                 row[f"{column} large"] = _pooled(
                     [(n, float(p[f"{column} large"]), math.nan) for n, p in zip(counts, parts)])[0]
+                if all(p.get(f"{column} large per seed") for p in parts):  # not in tables before it was
+                    row[f"{column} large per seed"] = " / ".join(p[f"{column} large per seed"] for p in parts)
         for key in ("GFLOPs", "params_M", "neck_params_M"):
             row[key] = float(parts[0][key])
         row["s/iter"] = _pooled([(n, float(p["s/iter"]), math.nan) for n, p in zip(counts, parts)])[0]
@@ -465,7 +469,7 @@ COLUMNS = [
 CSV_COLUMNS = (
     ["pair", "arm", "group", "metric", "seeds"]
     + [f"{c}{s}" for c in SPLIT_COLUMNS.values() for s in ("", " sd", " per seed", " - fpn")]
-    + [f"{c} large{s}" for c in SPLIT_COLUMNS.values() for s in ("", " - fpn")]
+    + [f"{c} large{s}" for c in SPLIT_COLUMNS.values() for s in ("", " per seed", " - fpn")]
     + ["GFLOPs", "params_M", "neck_params_M", "s/iter", "wins"]
     + ["what it tests"]
 )

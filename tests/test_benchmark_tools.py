@@ -614,6 +614,7 @@ def test_neck_study_rows_give_ap_large_on_every_split():
         assert rows["candidate"][f"{column} large - fpn"] == pytest.approx(0.5)
     assert rows["candidate"]["large - fpn per split"] == "+0.5 / +0.5 / +0.5 / +0.5"
     assert rows["candidate"]["val large - fpn"] == pytest.approx(0.5)
+    assert rows["candidate"]["dev large per seed"] == "38.0 / 44.0"
 
 
 def test_pooled_studies_equal_one_study_of_every_seed(tmp_path):

@@ -60,7 +60,8 @@ def pool(paths, output_dir: Path) -> None:
             raise SystemExit(f"neck_study.py: error: --pool: no such file {path!r}")
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])
+                       and not c.endswith("large per seed")]  # a later column
             if missing:
                 raise SystemExit(f"neck_study.py: error: --pool: {path} is not a neck_study.csv: no column "
                                  f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
