@@ -58,6 +58,15 @@ def _study(name: str, arms: Sequence[str], seeds: Sequence[str], out: str, minut
     return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"), minutes)
 
 
+def _pool(name: str, tables: Sequence[str]) -> Step:
+    """The study's table over the seeds of the docs' study ``tables`` (names of earlier
+    steps): ``docs/<name>.*``."""
+    out = f"output/docs/{name}"
+    csvs = [f"{{docs}}/{table}.csv" for table in tables]
+    command = _tool("neck_study", "--pool", *csvs, "--output-dir", out)
+    return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"))
+
+
 def _run_args(arms: Sequence[str], study: str) -> List[str]:
     """``--run NAME-sSEED=DIR`` for seeds 0 1 of each of ``arms`` trained in ``study``."""
     return [item for arm in arms for seed in (0, 1)
@@ -73,10 +82,10 @@ def _sizes(name: str, arms: Sequence[str], study: str, threads: str) -> Step:
     return Step(name, command, out, _outputs("object_sizes", name, "md", "csv"), (5, 15))
 
 
-def _fusion_weights(name: str, arm: str, study: str) -> Step:
-    """The fusion weights of seed 0 of ``arm`` trained in ``study``: ``docs/<name>.{png,csv}``."""
+def _fusion_weights(name: str, arm: str, study: str, seed: int = 0) -> Step:
+    """The fusion weights of ``seed`` of ``arm`` trained in ``study``: ``docs/<name>.{png,csv}``."""
     out = f"output/docs/{name}"
-    run = f"{study}/{arm}/seed0"
+    run = f"{study}/{arm}/seed{seed}"
     command = _tool("plot_fusion_weights", "--config-file", f"{run}/config.yaml", "--weights",
                     f"{run}/model_final.pth", "--output-dir", out)
     return Step(name, command, out, _outputs("fusion_weights", name, "png", "csv"))
@@ -120,6 +129,8 @@ FRCNN_C5_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_c5_after"]
 # Dense 3x3 convs in the cells' coarse nodes (P5; P4 and P5), asked of Faster R-CNN
 FRCNN_DENSE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_dense_p5",
                                  "faster_rcnn/norm_ln_top_p6p7_p5_dense_p4p5"]
+# The recipe with its later residual cells started at a tenth of their change
+FRCNN_SCALE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_residual_scale0.1"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -222,12 +233,19 @@ STEPS: List[Step] = [
          _tool("plot_fusion_weights", "--config-file", RETINANET_BIFPN, "--weights", BIFPN_WEIGHTS,
                "--output-dir", "output/docs/fusion_weights"),
          "output/docs/fusion_weights", {"fusion_weights.png": "fusion_weights_retinanet.png"}),
-    _study("neck_study_faster_rcnn_residual_scale0.1",
-           FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_residual_scale0.1"], ["0", "1"], FRCNN_LARGE_STUDY,
+    _study("neck_study_faster_rcnn_residual_scale0.1", FRCNN_SCALE_ARMS, ["0", "1"], FRCNN_LARGE_STUDY,
            (20, 60)),
+    _study("neck_study_faster_rcnn_residual_scale0.1_seeds23", FRCNN_SCALE_ARMS, ["2", "3"],
+           FRCNN_LARGE_STUDY, (40, 110)),
+    _pool("neck_study_faster_rcnn_residual_scale0.1_4seeds",
+          ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_residual_scale0.1_seeds23"]),
     _fusion_weights("fusion_weights_faster_rcnn", "faster_rcnn/norm_ln_top_p6p7_p5", FRCNN_LARGE_STUDY),
     _fusion_weights("fusion_weights_faster_rcnn_fusion_lr10", "faster_rcnn/norm_ln_top_p6p7_p5_fusion_lr10",
                     FRCNN_LARGE_STUDY),
+    _fusion_weights("fusion_weights_faster_rcnn_seed2", "faster_rcnn/norm_ln_top_p6p7_p5", FRCNN_LARGE_STUDY,
+                    seed=2),
+    _fusion_weights("fusion_weights_faster_rcnn_residual_scale0.1_seed2",
+                    "faster_rcnn/norm_ln_top_p6p7_p5_residual_scale0.1", FRCNN_LARGE_STUDY, seed=2),
     Step("demo",
          _tool("demo", "--config-file", RETINANET_BIFPN, "--input", VAL_IMAGE,
                "--output", "{docs}/demo.png", "--confidence-threshold", "0.5",
