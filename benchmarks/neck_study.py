@@ -254,6 +254,10 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "starting at a tenth of their change (output norm scales 0.1, not 0): from 0 the cells after the first "
      "learn nothing in a 400-iteration run (their fusion weights do not move)",
      {**_LN_P5, "RESIDUAL_SCALE": "0.1"}),
+    ("norm_ln_top_p6p7_p5_cells1", "depth", "norm_ln_top_p6p7_p5 with one cell, not three: in a "
+     "400-iteration run the later cells' fusion weights do not move from their equal split, even with their "
+     "output norms started at 0.1; is the BiFPN trained here its first cell?",
+     {**_LN_P5, "NUM_CELLS": "1"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
