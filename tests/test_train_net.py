@@ -398,15 +398,19 @@ def test_neck_study_quick(tmp_path, env):
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert "start " not in report.stdout
     assert [r["arm"] for r in read_csv_rows(output_dir / "neck_study.csv")] == ["fpn", "candidate"]
-    # --pool: the tables of seed 0 and of seed 1 pooled give the table of seeds 0 1
+    # --pool: the tables of seed 0 and of seed 1 pooled give the table of seeds 0 1 (--arms: those rows)
     for seed in ("0", "1"):
         one = ["--quick", "--arms", *arms, "--seeds", seed, "--report-only", "--output-dir", str(output_dir)]
         assert run_tool("neck_study.py", one, env).returncode == 0
         shutil.copy(output_dir / "neck_study.csv", tmp_path / f"seed{seed}.csv")
     tables = [str(tmp_path / f"seed{seed}.csv") for seed in ("0", "1")]
-    pooled = run_tool("neck_study.py", ["--pool", *tables, "--output-dir", str(tmp_path / "pooled")], env)
+    pool_args = ["--pool", *tables, "--arms", "retinanet/fpn", "candidate"]
+    pool_args += ["--output-dir", str(tmp_path / "pooled")]
+    pooled = run_tool("neck_study.py", pool_args, env)
     assert pooled.returncode == 0, pooled.stdout[-3000:] + pooled.stderr[-3000:]
-    for got, want in zip(read_csv_rows(tmp_path / "pooled" / "neck_study.csv"), rows):
+    pooled_rows = read_csv_rows(tmp_path / "pooled" / "neck_study.csv")
+    assert [r["arm"] for r in pooled_rows] == ["fpn", "candidate"]
+    for got, want in zip(pooled_rows, rows):
         assert got["seeds"] == "0 1" and got["val per seed"] == want["val per seed"]
         assert float(got["val sd"]) == pytest.approx(float(want["val sd"]), nan_ok=True)
         difference = float(want["transfer_small - fpn"])

@@ -50,8 +50,9 @@ def say(message: str) -> None:
     print(f"[neck_study] {message}", flush=True)
 
 
-def pool(paths, output_dir: Path) -> None:
-    """Write the study's report over the seeds of the studies in ``paths`` (their CSVs)."""
+def pool(paths, output_dir: Path, arms) -> None:
+    """Write the study's report over the seeds of the studies in ``paths`` (their CSVs),
+    for the rows of ``arms`` (pair/name or name; "all": every row)."""
     import csv
 
     tables = []
@@ -65,7 +66,10 @@ def pool(paths, output_dir: Path) -> None:
             if missing:
                 raise SystemExit(f"neck_study.py: error: --pool: {path} is not a neck_study.csv: no column "
                                  f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-            tables.append(list(reader))
+            tables.append([row for row in reader if "all" in arms
+                           or {row["arm"], f"{row['pair']}/{row['arm']}"} & set(arms)])
+    if not any(tables):
+        raise SystemExit(f"neck_study.py: error: --pool: no row of the arms {arms} in {paths}")
     try:
         rows = pool_studies(tables)
     except ValueError as e:
@@ -96,7 +100,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--pool", nargs="+", metavar="CSV",
-        help="train nothing: pool the seeds of these neck_study.csv files (same arms, other seeds)",
+        help="train nothing: pool the seeds of these neck_study.csv files (same arms, other seeds; "
+        "--arms: only these rows, by pair/name or name)",
     )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run (e.g. MODEL.DEVICE cuda)"
@@ -104,7 +109,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     if args.pool:
-        pool(args.pool, Path(args.output_dir))
+        pool(args.pool, Path(args.output_dir), args.arms)
         return
     if args.list:
         for arm in ARMS:
