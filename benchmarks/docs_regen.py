@@ -58,12 +58,12 @@ def _study(name: str, arms: Sequence[str], seeds: Sequence[str], out: str, minut
     return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"), minutes)
 
 
-def _pool(name: str, tables: Sequence[str]) -> Step:
+def _pool(name: str, tables: Sequence[str], arms: Sequence[str] = ("all",)) -> Step:
     """The study's table over the seeds of the docs' study ``tables`` (names of earlier
-    steps): ``docs/<name>.*``."""
+    steps), rows of ``arms`` only: ``docs/<name>.*``."""
     out = f"output/docs/{name}"
     csvs = [f"{{docs}}/{table}.csv" for table in tables]
-    command = _tool("neck_study", "--pool", *csvs, "--output-dir", out)
+    command = _tool("neck_study", "--pool", *csvs, "--arms", *arms, "--output-dir", out)
     return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"))
 
 
@@ -131,6 +131,8 @@ FRCNN_DENSE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_dense_p5",
                                  "faster_rcnn/norm_ln_top_p6p7_p5_dense_p4p5"]
 # The recipe with its later residual cells started at a tenth of their change
 FRCNN_SCALE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_residual_scale0.1"]
+# The recipe with one cell, not three
+FRCNN_CELLS1_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_cells1"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -239,6 +241,14 @@ STEPS: List[Step] = [
            FRCNN_LARGE_STUDY, (40, 110)),
     _pool("neck_study_faster_rcnn_residual_scale0.1_4seeds",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_residual_scale0.1_seeds23"]),
+    _study("neck_study_faster_rcnn_cells1_seeds23", FRCNN_CELLS1_ARMS, ["2", "3"], FRCNN_LARGE_STUDY,
+           (10, 30)),
+    _study("neck_study_faster_rcnn_cells1_seeds01", FRCNN_CELLS1_ARMS[-1:], ["0", "1"], FRCNN_LARGE_STUDY,
+           (10, 30)),
+    # seeds 0 1 of the FPN and the recipe from the residual_scale0.1 table (same runs)
+    _pool("neck_study_faster_rcnn_cells1_4seeds",
+          ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_cells1_seeds01",
+           "neck_study_faster_rcnn_cells1_seeds23"], FRCNN_CELLS1_ARMS),
     _fusion_weights("fusion_weights_faster_rcnn", "faster_rcnn/norm_ln_top_p6p7_p5", FRCNN_LARGE_STUDY),
     _fusion_weights("fusion_weights_faster_rcnn_fusion_lr10", "faster_rcnn/norm_ln_top_p6p7_p5_fusion_lr10",
                     FRCNN_LARGE_STUDY),

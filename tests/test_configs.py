@@ -197,8 +197,8 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     switched = load_config(fpn_config, ["MODEL.BACKBONE.NAME", switch])
     assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
     arms = {arm.key: arm.overrides for arm in ARMS}
-    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "candidate"}.get(
-        pair, "norm_ln_top_p6p7_p5")
+    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "candidate",
+                   "faster_rcnn": "norm_ln_top_p6p7_p5_cells1"}.get(pair, "norm_ln_top_p6p7_p5")
     assert arms[f"{pair}/{shipped_arm}"] == recipe
     # the dev splits chose LN and P6/P7 after the cells: RetinaNet's from C5 (the FPN's), R-CNN's
     # P6 from the cells' P5
@@ -206,3 +206,5 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     if pair != "semantic_fpn":
         assert shipped.MODEL.BIFPN.NORM == "LN" and shipped.MODEL.BIFPN.TOP_BLOCK == top[pair]
     assert shipped.MODEL.BIFPN.RESIDUAL
+    # Faster R-CNN's dev split chose one cell; Mask R-CNN, whose base config inherits it, keeps 3
+    assert shipped.MODEL.BIFPN.NUM_CELLS == (1 if pair == "faster_rcnn" else 3)
