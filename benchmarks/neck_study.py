@@ -331,6 +331,11 @@ def _metric_of_seeds(runs: Sequence[Run], metric: str, dataset: str) -> List[flo
     return [run.value(metric, dataset) for run in runs]
 
 
+def _per_seed(values: Sequence[float]) -> str:
+    """``values`` of the seeds as the tables show them: "58.3 / 60.0"."""
+    return " / ".join(f"{v:.1f}" for v in values)
+
+
 def summarize_arms(
     results: Sequence[Tuple[Arm, Run]], costs: Dict[str, Dict[str, float]]
 ) -> List[Dict[str, object]]:
@@ -355,13 +360,13 @@ def summarize_arms(
         for dataset, column in SPLIT_COLUMNS.items():
             values = _metric_of_seeds(runs, pair.primary, dataset + suffix)
             row[column], row[f"{column} sd"] = mean_and_sd(values)
-            row[f"{column} per seed"] = " / ".join(f"{v:.1f}" for v in values)
+            row[f"{column} per seed"] = _per_seed(values)
         large = _LARGE.get(pair.primary)
         if large:  # the size metric on every split: one bucket of few objects is noisy
             for dataset, column in SPLIT_COLUMNS.items():
                 values = _metric_of_seeds(runs, large, dataset)
                 row[f"{column} large"] = mean_and_sd(values)[0]
-                row[f"{column} large per seed"] = " / ".join(f"{v:.1f}" for v in values)
+                row[f"{column} large per seed"] = _per_seed(values)
         row.update(costs.get(key, {}))
         row["s/iter"] = mean_and_sd([r.sec_per_iter for r in runs])[0]
         row["what it tests"] = arm.question
@@ -410,6 +415,12 @@ def _pooled(groups: Sequence[Tuple[int, float, float]]) -> Tuple[float, float]:
     return mean, math.sqrt(squares / (count - 1)) if count > 1 else math.nan
 
 
+def _mean_over_seeds(parts: Sequence[Dict[str, str]], counts: Sequence[int], key: str) -> float:
+    """The mean of column ``key`` over every seed of the table rows ``parts``, each row's
+    mean weighted by its number of seeds (``counts``)."""
+    return _pooled([(n, float(part[key]), math.nan) for n, part in zip(counts, parts)])[0]
+
+
 def pool_studies(tables: Sequence[Sequence[Dict[str, str]]]) -> List[Dict[str, object]]:
     """The study's rows over the seeds of several studies of the same arms (each table:
     the rows of one ``neck_study.csv``, as read by :class:`csv.DictReader`), e.g. seeds 0 1
@@ -443,13 +454,12 @@ def pool_studies(tables: Sequence[Sequence[Dict[str, str]]]) -> List[Dict[str, o
                 [(len(v), float(p[column]), float(p[f"{column} sd"])) for v, p in zip(values, parts)])
             row[f"{column} per seed"] = " / ".join(p[f"{column} per seed"] for p in parts)
             if parts[0].get(f"{column} large"):
-                row[f"{column} large"] = _pooled(
-                    [(n, float(p[f"{column} large"]), math.nan) for n, p in zip(counts, parts)])[0]
+                row[f"{column} large"] = _mean_over_seeds(parts, counts, f"{column} large")
                 if all(p.get(f"{column} large per seed") for p in parts):  # not in tables before it was
                     row[f"{column} large per seed"] = " / ".join(p[f"{column} large per seed"] for p in parts)
         for key in ("GFLOPs", "params_M", "neck_params_M"):
             row[key] = float(parts[0][key])
-        row["s/iter"] = _pooled([(n, float(p["s/iter"]), math.nan) for n, p in zip(counts, parts)])[0]
+        row["s/iter"] = _mean_over_seeds(parts, counts, "s/iter")
         row["what it tests"] = parts[0]["what it tests"]
         pooled.append(row)
     return compare_to_fpn(pooled)

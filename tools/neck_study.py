@@ -75,7 +75,12 @@ def pool(paths, output_dir: Path, arms) -> None:
     except ValueError as e:
         raise SystemExit(f"neck_study.py: error: --pool: {e}") from None
     title = "Neck study, seeds pooled from " + ", ".join(Path(p).name for p in paths)
-    for path in write_report(rows, [], {}, output_dir.resolve(), title):
+    report(rows, [], {}, output_dir.resolve(), title)
+
+
+def report(rows, results, speed, output_dir: Path, title: str) -> None:
+    """Write the study's table, CSV and plots into ``output_dir`` and print the table."""
+    for path in write_report(rows, results, speed, output_dir, title):
         say(f"wrote {path}")
     print((output_dir / "neck_study.md").read_text())
 
@@ -175,9 +180,7 @@ def main(argv=None) -> None:
         f"Neck study: R{reference.MODEL.RESNETS.DEPTH} from scratch on {reference.DATASETS.TRAIN[0]}, "
         f"{length}, seeds {', '.join(map(str, args.seeds))}, trained on {device}"
     )
-    for path in write_report(rows, results, speed, output_dir, title):
-        say(f"wrote {path}")
-    print((output_dir / "neck_study.md").read_text())
+    report(rows, results, speed, output_dir, title)
 
 
 if __name__ == "__main__":
