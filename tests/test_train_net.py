@@ -417,6 +417,13 @@ def test_neck_study_quick(tmp_path, env):
         assert float(got["transfer_small - fpn"]) == pytest.approx(difference, nan_ok=True)
     twice = run_tool("neck_study.py", ["--pool", tables[0], tables[0]], env)
     assert twice.returncode != 0 and "repeat" in twice.stderr and "Traceback" not in twice.stderr
+    lines = Path(tables[0]).read_text().splitlines()
+    (tmp_path / "cut.csv").write_text("\n".join(lines[:1] + [lines[1][:40]]) + "\n")
+    not_a_number = lines[1].replace("bbox/AP,0,", "bbox/AP,0,x", 1)  # its dev AP
+    (tmp_path / "nan.csv").write_text("\n".join(lines[:1] + [not_a_number]) + "\n")
+    for bad, says in (("cut.csv", "fewer fields"), ("nan.csv", "could not convert")):
+        answer = run_tool("neck_study.py", ["--pool", str(tmp_path / bad)], env)
+        assert answer.returncode != 0 and says in answer.stderr and "Traceback" not in answer.stderr, bad
 
 
 def read_csv_rows(path: Path) -> list:

@@ -66,14 +66,19 @@ def pool(paths, output_dir: Path, arms) -> None:
             if missing:
                 raise SystemExit(f"neck_study.py: error: --pool: {path} is not a neck_study.csv: no column "
                                  f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-            tables.append([row for row in reader if "all" in arms
+            rows = list(reader)
+            short = [i for i, row in enumerate(rows, start=2) if None in row.values()]
+            if short:
+                raise SystemExit(f"neck_study.py: error: --pool: {path}: line {short[0]} has fewer fields "
+                                 "than the header (a cut-short file?)")
+            tables.append([row for row in rows if "all" in arms
                            or {row["arm"], f"{row['pair']}/{row['arm']}"} & set(arms)])
     if not any(tables):
         raise SystemExit(f"neck_study.py: error: --pool: no row of the arms {arms} in {paths}")
     try:
         rows = pool_studies(tables)
-    except ValueError as e:
-        raise SystemExit(f"neck_study.py: error: --pool: {e}") from None
+    except ValueError as e:  # seeds in two tables, different GFLOPs, or a value that is not a number
+        raise SystemExit(f"neck_study.py: error: --pool: {e} (in {', '.join(map(str, paths))})") from None
     title = "Neck study, seeds pooled from " + ", ".join(Path(p).name for p in paths)
     report(rows, [], {}, output_dir.resolve(), title)
 
