@@ -140,6 +140,8 @@ SEGMENTATION_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/candidate", "mask_rcnn/norm_
                         "semantic_fpn/fpn", "semantic_fpn/candidate", "semantic_fpn/norm_ln"]
 # Mask R-CNN's FPN and shipped LN recipe over 4 seeds (seeds 2 3 added to the runs above)
 MASK_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/norm_ln_top_p6p7_p5"]
+# Faster R-CNN's one cell, asked of semantic FPN beside its FPN and candidate
+SEMANTIC_CELLS1_ARMS = ["semantic_fpn/fpn", "semantic_fpn/candidate", "semantic_fpn/cells1"]
 # Faster R-CNN's one cell, asked of Mask R-CNN
 MASK_CELLS1_ARMS = MASK_LN_ARMS + ["mask_rcnn/norm_ln_top_p6p7_p5_cells1"]
 # Semantic FPN: the BiFPN arms beyond norm (its pyramid stops at P5: no top block arms),
@@ -236,6 +238,8 @@ STEPS: List[Step] = [
     # the FPN and the recipe: seeds 0-3 of the 4-seed table (the same runs)
     _pool("neck_study_mask_rcnn_cells1_4seeds",
           ["neck_study_mask_rcnn_4seeds", "neck_study_mask_rcnn_cells1"], MASK_CELLS1_ARMS),
+    _study("neck_study_semantic_cells1", SEMANTIC_CELLS1_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
+           (40, 120)),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",

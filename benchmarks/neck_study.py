@@ -27,6 +27,7 @@ __all__ = [
     "BIFPN_BEFORE",
     "GROUPS",
     "LN_TOP_C5_AFTER_RECIPE",
+    "BIFPN_AFTER_CELLS1",
     "LN_TOP_P5_CELLS1_RECIPE",
     "LN_TOP_P5_RECIPE",
     "SHIPPED_RECIPES",
@@ -69,14 +70,16 @@ LN_TOP_C5_AFTER_RECIPE: Dict[str, str] = dict(LN_TOP_P5_RECIPE, **{"MODEL.BIFPN.
 # The arm norm_ln_top_p6p7_p5_cells1, chosen on Faster R-CNN's dev split over LN_TOP_P5_RECIPE:
 # one cell (in its 400-iteration runs the later residual cells do not train).
 LN_TOP_P5_CELLS1_RECIPE: Dict[str, str] = dict(LN_TOP_P5_RECIPE, **{"MODEL.BIFPN.NUM_CELLS": "1"})
+# The arm cells1, chosen on semantic FPN's dev split over BIFPN_AFTER: one cell of GN.
+BIFPN_AFTER_CELLS1: Dict[str, str] = dict(BIFPN_AFTER, **{"MODEL.BIFPN.NUM_CELLS": "1"})
 # What each pair's synthetic BiFPN config ships, and what its FPN config's switch
-# (MODEL.BACKBONE.NAME alone) builds. Semantic FPN keeps BIFPN_AFTER: LN was not ahead on
-# its dev split.
+# (MODEL.BACKBONE.NAME alone) builds. Semantic FPN keeps GN (BIFPN_AFTER's): LN was not
+# ahead on its dev split.
 SHIPPED_RECIPES: Dict[str, Dict[str, str]] = {
     "retinanet": LN_TOP_C5_AFTER_RECIPE,
     "faster_rcnn": LN_TOP_P5_CELLS1_RECIPE,
     "mask_rcnn": LN_TOP_P5_RECIPE,
-    "semantic_fpn": BIFPN_AFTER,
+    "semantic_fpn": BIFPN_AFTER_CELLS1,
 }
 
 
@@ -215,6 +218,8 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("top_p6p7_p5", "top block", "the candidate with P6/P7 by strided convs from the cells' P5, after them "
      "(FCOS's top block: the coarsest levels pass through no cell and no norm, as the FPN's)",
      {"TOP_BLOCK": "p6p7_p5"}),
+    ("cells1", "depth", "the candidate with one cell, not three (Faster R-CNN's dev split chose one: in "
+     "these short runs the later residual cells do not train)", {"NUM_CELLS": "1"}),
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
     ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),

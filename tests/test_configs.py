@@ -197,7 +197,7 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     switched = load_config(fpn_config, ["MODEL.BACKBONE.NAME", switch])
     assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
     arms = {arm.key: arm.overrides for arm in ARMS}
-    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "candidate",
+    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "cells1",
                    "faster_rcnn": "norm_ln_top_p6p7_p5_cells1"}.get(pair, "norm_ln_top_p6p7_p5")
     assert arms[f"{pair}/{shipped_arm}"] == recipe
     # the dev splits chose LN and P6/P7 after the cells: RetinaNet's from C5 (the FPN's), R-CNN's
@@ -206,5 +206,6 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     if pair != "semantic_fpn":
         assert shipped.MODEL.BIFPN.NORM == "LN" and shipped.MODEL.BIFPN.TOP_BLOCK == top[pair]
     assert shipped.MODEL.BIFPN.RESIDUAL
-    # Faster R-CNN's dev split chose one cell; Mask R-CNN, whose base config inherits it, keeps 3
-    assert shipped.MODEL.BIFPN.NUM_CELLS == (1 if pair == "faster_rcnn" else 3)
+    # Faster R-CNN's and semantic FPN's dev splits chose one cell; Mask R-CNN, whose base config
+    # inherits Faster R-CNN's, keeps 3
+    assert shipped.MODEL.BIFPN.NUM_CELLS == (1 if pair in ("faster_rcnn", "semantic_fpn") else 3)
