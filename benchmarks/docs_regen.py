@@ -101,6 +101,9 @@ def _false_positives(name: str, arms: Sequence[str], study: str) -> Step:
 
 
 RETINANET_BIFPN = "configs/synthetic/RetinaNet-R18-BiFPN.yaml"
+SYNTHETIC_PAIR_CONFIGS = [f"configs/synthetic/{model}-R18-{neck}.yaml"
+                          for model in ("RetinaNet", "FasterRCNN", "MaskRCNN", "SemanticFPN")
+                          for neck in ("FPN", "BiFPN")]
 STUDY_ARMS = ["retinanet/fpn", "retinanet/candidate", "faster_rcnn/fpn", "faster_rcnn/candidate",
               "retinanet/residual_scale1", "retinanet/residual_scale0.1", "retinanet/channel_fast_normalized",
               "retinanet/channel_softmax"]
@@ -278,6 +281,13 @@ STEPS: List[Step] = [
                "--result", f"RetinaNet-R18-BiFPN={MAIN_JOB}/bifpn/seed0", "--output-dir", "output/docs/zoo"),
          "output/docs/zoo", {name: name for name in ("model_zoo.md", "model_zoo.csv", "ap_vs_gflops.png")},
          (15, 45)),
+    # The synthetic pairs alone, more runs each: the switch's latency (in the table above
+    # they are timed interleaved with 27 larger models, which slows them by up to ~55 %)
+    Step("model_zoo_synthetic",
+         _tool("model_zoo_table", "--configs", *SYNTHETIC_PAIR_CONFIGS, "--no-detectron2", "--repeats", "11",
+               "--warmup", "2", "--threads", "2", "--output-dir", "output/docs/zoo_synthetic"),
+         "output/docs/zoo_synthetic", {"model_zoo.md": "model_zoo_synthetic.md",
+                                       "model_zoo.csv": "model_zoo_synthetic.csv"}),
     Step("efficientdet_race_cpu",
          _tool("efficientdet_race", "race", "--variants", "D0", "--batch-sizes", "1", "8",
                "--threads", "1", "2", "--repeats", "5", "--warmup", "2",
