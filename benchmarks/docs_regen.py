@@ -118,6 +118,9 @@ LARGE_PAIR_ARMS = ["retinanet/fpn", "retinanet/candidate", "retinanet/norm_ln_to
 # shipped before it (P6/P7 from the cells' P5)
 TOP_C5_STUDY = "output/docs/study_retinanet_top_c5_after"
 TOP_C5_ARMS = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_p5", "retinanet/norm_ln_top_p6p7_c5_after"]
+# The FPN, the shipped recipe, and the recipe with one cell (Faster R-CNN's and semantic FPN's choice)
+RETINANET_CELLS1_ARMS = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_c5_after",
+                         "retinanet/norm_ln_top_p6p7_c5_after_cells1"]
 # The same three on the Faster R-CNN pair
 FRCNN_LARGE_STUDY = "output/docs/study_frcnn_large"
 FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/norm_ln_top_p6p7_p5"]
@@ -243,6 +246,10 @@ STEPS: List[Step] = [
           ["neck_study_mask_rcnn_4seeds", "neck_study_mask_rcnn_cells1"], MASK_CELLS1_ARMS),
     _study("neck_study_semantic_cells1", SEMANTIC_CELLS1_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
            (40, 120)),
+    _study("neck_study_retinanet_cells1", RETINANET_CELLS1_ARMS[-1:], ["0", "1"], TOP_C5_STUDY, (10, 30)),
+    # the FPN and the recipe: seeds 0 1 of their table (the same runs)
+    _pool("neck_study_retinanet_cells1_seeds01",
+          ["neck_study_retinanet_top_c5_after", "neck_study_retinanet_cells1"], RETINANET_CELLS1_ARMS),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",

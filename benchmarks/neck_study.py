@@ -231,6 +231,9 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "RetinaNet's strided convs, wider input), still after the cells: is what P6/P7 read where large "
      "objects are lost?",
      {"NORM": "LN", "TOP_BLOCK": "p6p7_c5_after"}),
+    ("norm_ln_top_p6p7_c5_after_cells1", "depth", "norm_ln_top_p6p7_c5_after (RetinaNet's shipped recipe) "
+     "with one cell, not three, as Faster R-CNN's and semantic FPN's dev splits chose",
+     {"NORM": "LN", "TOP_BLOCK": "p6p7_c5_after", "NUM_CELLS": "1"}),
     ("channel_fast_normalized", "fusion",
      "the candidate with google/automl's channel-wise fast normalized fusion",
      {"FUSE_TYPE": "channel_fast_normalized"}),
