@@ -202,6 +202,7 @@ _BIFPN = [_bifpn(name, group, question, BIFPN_BEFORE, **changes)
 # The LN recipe: LN norms, P6/P7 by strided convs from the cells' P5 (norm_ln_top_p6p7_p5);
 # the arms that vary it start from it.
 _LN_P5 = {"NORM": "LN", "TOP_BLOCK": "p6p7_p5"}
+_LN_C5_AFTER = {"NORM": "LN", "TOP_BLOCK": "p6p7_c5_after"}
 _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("candidate", "reference", "residual cells, learned P6 (P6/P7) from C5: RetinaNet's winner", {}),
     ("shipped", "reference", "3 plain cells, EfficientDet's max-pool top block (as shipped before)",
@@ -230,10 +231,10 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("norm_ln_top_p6p7_c5_after", "top block", "norm_ln_top_p6p7_p5 with P6/P7 from C5 (the FPN's: "
      "RetinaNet's strided convs, wider input), still after the cells: is what P6/P7 read where large "
      "objects are lost?",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_c5_after"}),
+     _LN_C5_AFTER),
     ("norm_ln_top_p6p7_c5_after_cells1", "depth", "norm_ln_top_p6p7_c5_after (RetinaNet's shipped recipe) "
      "with one cell, not three, as Faster R-CNN's and semantic FPN's dev splits chose",
-     {"NORM": "LN", "TOP_BLOCK": "p6p7_c5_after", "NUM_CELLS": "1"}),
+     {**_LN_C5_AFTER, "NUM_CELLS": "1"}),
     ("channel_fast_normalized", "fusion",
      "the candidate with google/automl's channel-wise fast normalized fusion",
      {"FUSE_TYPE": "channel_fast_normalized"}),
