@@ -139,6 +139,10 @@ FRCNN_DENSE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_dense_p5",
 FRCNN_SCALE_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_residual_scale0.1"]
 # The recipe with one cell, not three
 FRCNN_CELLS1_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_cells1"]
+# The shipped one cell, wider (152 channels) or with the neck's learning rate doubled
+FRCNN_CELLS1_VARIANT_ARMS = [f"faster_rcnn/norm_ln_top_p6p7_p5_cells1{variant}"
+                             for variant in ("", "_w152", "_lr2")]
+FRCNN_W152_ARMS = FRCNN_CELLS1_ARMS + ["faster_rcnn/norm_ln_top_p6p7_p5_cells1_w152"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -244,6 +248,9 @@ STEPS: List[Step] = [
     # the FPN and the recipe: seeds 0-3 of the 4-seed table (the same runs)
     _pool("neck_study_mask_rcnn_cells1_4seeds",
           ["neck_study_mask_rcnn_4seeds", "neck_study_mask_rcnn_cells1"], MASK_CELLS1_ARMS),
+    _study("neck_study_mask_rcnn_w144", ["mask_rcnn/norm_ln_top_p6p7_p5_cells1",
+                                         "mask_rcnn/norm_ln_top_p6p7_p5_cells1_w144"], ["0", "1"],
+           SEGMENTATION_LN_STUDY, (20, 60)),
     _study("neck_study_semantic_cells1", SEMANTIC_CELLS1_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
            (40, 120)),
     _study("neck_study_retinanet_cells1", RETINANET_CELLS1_ARMS[-1:], ["0", "1"], TOP_C5_STUDY, (10, 30)),
@@ -270,6 +277,14 @@ STEPS: List[Step] = [
     _pool("neck_study_faster_rcnn_cells1_4seeds",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_cells1_seeds01",
            "neck_study_faster_rcnn_cells1_seeds23"], FRCNN_CELLS1_ARMS),
+    _study("neck_study_faster_rcnn_cells1_variants", FRCNN_CELLS1_VARIANT_ARMS, ["0", "1"], FRCNN_LARGE_STUDY,
+           (20, 60)),
+    _study("neck_study_faster_rcnn_w152_seeds23", FRCNN_W152_ARMS, ["2", "3"], FRCNN_LARGE_STUDY, (10, 30)),
+    # seeds 0 1 of the FPN and the recipe from the residual_scale0.1 table, of one cell and
+    # its 152-wide arm from the variants table
+    _pool("neck_study_faster_rcnn_w152_4seeds",
+          ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_cells1_variants",
+           "neck_study_faster_rcnn_w152_seeds23"], FRCNN_W152_ARMS),
     _fusion_weights("fusion_weights_faster_rcnn", "faster_rcnn/norm_ln_top_p6p7_p5", FRCNN_LARGE_STUDY),
     _fusion_weights("fusion_weights_faster_rcnn_fusion_lr10", "faster_rcnn/norm_ln_top_p6p7_p5_fusion_lr10",
                     FRCNN_LARGE_STUDY),

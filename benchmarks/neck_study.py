@@ -29,6 +29,7 @@ __all__ = [
     "GROUPS",
     "LN_TOP_C5_AFTER_RECIPE",
     "LN_TOP_P5_CELLS1_RECIPE",
+    "LN_TOP_P5_CELLS1_W152_RECIPE",
     "LN_TOP_P5_RECIPE",
     "SHIPPED_RECIPES",
     "arm_runs",
@@ -70,6 +71,11 @@ LN_TOP_C5_AFTER_RECIPE: Dict[str, str] = dict(LN_TOP_P5_RECIPE, **{"MODEL.BIFPN.
 # The arm norm_ln_top_p6p7_p5_cells1, chosen on Faster R-CNN's dev split over LN_TOP_P5_RECIPE:
 # one cell (in its 400-iteration runs the later residual cells do not train).
 LN_TOP_P5_CELLS1_RECIPE: Dict[str, str] = dict(LN_TOP_P5_RECIPE, **{"MODEL.BIFPN.NUM_CELLS": "1"})
+# The arm norm_ln_top_p6p7_p5_cells1_w152, chosen on Faster R-CNN's dev split over
+# LN_TOP_P5_CELLS1_RECIPE: the one cell 152 channels wide (the GFLOPs one cell saves, spent on width).
+LN_TOP_P5_CELLS1_W152_RECIPE: Dict[str, str] = dict(
+    LN_TOP_P5_CELLS1_RECIPE, **{"MODEL.BIFPN.OUT_CHANNELS": "152"}
+)
 # The arm cells1, chosen on semantic FPN's dev split over BIFPN_AFTER: one cell of GN.
 BIFPN_AFTER_CELLS1: Dict[str, str] = dict(BIFPN_AFTER, **{"MODEL.BIFPN.NUM_CELLS": "1"})
 # What each pair's synthetic BiFPN config ships, and what its FPN config's switch
@@ -77,7 +83,7 @@ BIFPN_AFTER_CELLS1: Dict[str, str] = dict(BIFPN_AFTER, **{"MODEL.BIFPN.NUM_CELLS
 # ahead on its dev split.
 SHIPPED_RECIPES: Dict[str, Dict[str, str]] = {
     "retinanet": LN_TOP_C5_AFTER_RECIPE,
-    "faster_rcnn": LN_TOP_P5_CELLS1_RECIPE,
+    "faster_rcnn": LN_TOP_P5_CELLS1_W152_RECIPE,
     "mask_rcnn": LN_TOP_P5_RECIPE,
     "semantic_fpn": BIFPN_AFTER_CELLS1,
 }
@@ -221,6 +227,9 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      {"TOP_BLOCK": "p6p7_p5"}),
     ("cells1", "depth", "the candidate with one cell, not three (Faster R-CNN's dev split chose one: in "
      "these short runs the later residual cells do not train)", {"NUM_CELLS": "1"}),
+    ("cells1_w192", "width", "cells1 192 channels wide, not 128 (the neck and the head that reads it): one "
+     "cell spends fewer GFLOPs than the FPN, width spends them back (semantic FPN: 5.44 against the FPN's "
+     "5.85)", {"NUM_CELLS": "1", "OUT_CHANNELS": "192"}),
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
     ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
@@ -271,6 +280,17 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "400-iteration run the later cells' fusion weights do not move from their equal split, even with their "
      "output norms started at 0.1; is the BiFPN trained here its first cell?",
      {**_LN_P5, "NUM_CELLS": "1"}),
+    ("norm_ln_top_p6p7_p5_cells1_w152", "width", "norm_ln_top_p6p7_p5_cells1 152 channels wide, not 128 "
+     "(the neck and the heads that read it): one cell spends fewer GFLOPs than the FPN, width spends them "
+     "back (Faster R-CNN: 6.94 against the FPN's 7.19)",
+     {**_LN_P5, "NUM_CELLS": "1", "OUT_CHANNELS": "152"}),
+    ("norm_ln_top_p6p7_p5_cells1_w144", "width", "norm_ln_top_p6p7_p5_cells1 144 channels wide (Mask R-CNN: "
+     "14.15 against the FPN's 14.30 GFLOPs; at 152 its mask head would take more than the FPN's)",
+     {**_LN_P5, "NUM_CELLS": "1", "OUT_CHANNELS": "144"}),
+    ("norm_ln_top_p6p7_p5_cells1_lr2", "schedule", "norm_ln_top_p6p7_p5_cells1 with the neck's learning rate "
+     "doubled (on three cells it brought the RPN's proposals on large objects back, but its seeds spread "
+     "widely: does one cell keep the first and lose the second?)",
+     {**_LN_P5, "NUM_CELLS": "1", "LR_FACTOR": "2.0"}),
 ]
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
