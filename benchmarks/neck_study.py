@@ -25,6 +25,7 @@ __all__ = [
     "Arm",
     "BIFPN_AFTER",
     "BIFPN_AFTER_CELLS1",
+    "BIFPN_AFTER_CELLS1_W192",
     "BIFPN_BEFORE",
     "GROUPS",
     "LN_TOP_C5_AFTER_RECIPE",
@@ -78,6 +79,8 @@ LN_TOP_P5_CELLS1_W152_RECIPE: Dict[str, str] = dict(
 )
 # The arm cells1, chosen on semantic FPN's dev split over BIFPN_AFTER: one cell of GN.
 BIFPN_AFTER_CELLS1: Dict[str, str] = dict(BIFPN_AFTER, **{"MODEL.BIFPN.NUM_CELLS": "1"})
+# The arm cells1_w192, chosen on semantic FPN's dev split over BIFPN_AFTER_CELLS1: 192 channels wide.
+BIFPN_AFTER_CELLS1_W192: Dict[str, str] = dict(BIFPN_AFTER_CELLS1, **{"MODEL.BIFPN.OUT_CHANNELS": "192"})
 # What each pair's synthetic BiFPN config ships, and what its FPN config's switch
 # (MODEL.BACKBONE.NAME alone) builds. Semantic FPN keeps GN (BIFPN_AFTER's): LN was not
 # ahead on its dev split.
@@ -85,7 +88,7 @@ SHIPPED_RECIPES: Dict[str, Dict[str, str]] = {
     "retinanet": LN_TOP_C5_AFTER_RECIPE,
     "faster_rcnn": LN_TOP_P5_CELLS1_W152_RECIPE,
     "mask_rcnn": LN_TOP_P5_RECIPE,
-    "semantic_fpn": BIFPN_AFTER_CELLS1,
+    "semantic_fpn": BIFPN_AFTER_CELLS1_W192,
 }
 
 

@@ -197,7 +197,7 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     switched = load_config(fpn_config, ["MODEL.BACKBONE.NAME", switch])
     assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
     arms = {arm.key: arm.overrides for arm in ARMS}
-    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "cells1",
+    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "cells1_w192",
                    "faster_rcnn": "norm_ln_top_p6p7_p5_cells1_w152"}.get(pair, "norm_ln_top_p6p7_p5")
     assert arms[f"{pair}/{shipped_arm}"] == recipe
     # the dev splits chose LN and P6/P7 after the cells: RetinaNet's from C5 (the FPN's), R-CNN's
@@ -209,5 +209,5 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     # Faster R-CNN's and semantic FPN's dev splits chose one cell; Mask R-CNN, whose base config
     # inherits Faster R-CNN's, keeps 3
     assert shipped.MODEL.BIFPN.NUM_CELLS == (1 if pair in ("faster_rcnn", "semantic_fpn") else 3)
-    # and Faster R-CNN's spent the GFLOPs one cell saves on width; the others keep the FPN's 128
-    assert shipped.MODEL.BIFPN.OUT_CHANNELS == (152 if pair == "faster_rcnn" else 128)
+    # and both spent the GFLOPs one cell saves on width; the others keep the FPN's 128
+    assert shipped.MODEL.BIFPN.OUT_CHANNELS == {"faster_rcnn": 152, "semantic_fpn": 192}.get(pair, 128)
