@@ -256,6 +256,9 @@ STEPS: List[Step] = [
     # the FPN, the candidate and one cell: the runs of the step above
     _study("neck_study_semantic_w192", SEMANTIC_CELLS1_ARMS + ["semantic_fpn/cells1_w192"],
            ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY, (15, 45)),
+    _study("neck_study_semantic_w224",
+           SEMANTIC_CELLS1_ARMS + ["semantic_fpn/cells1_w192", "semantic_fpn/cells1_w224"],
+           ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY, (15, 45)),
     _study("neck_study_retinanet_cells1", RETINANET_CELLS1_ARMS[-1:], ["0", "1"], TOP_C5_STUDY, (10, 30)),
     # the FPN and the recipe: seeds 0 1 of their table (the same runs)
     _pool("neck_study_retinanet_cells1_seeds01",

@@ -233,6 +233,8 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
     ("cells1_w192", "width", "cells1 192 channels wide, not 128 (the neck and the head that reads it): one "
      "cell spends fewer GFLOPs than the FPN, width spends them back (semantic FPN: 5.44 against the FPN's "
      "5.85)", {"NUM_CELLS": "1", "OUT_CHANNELS": "192"}),
+    ("cells1_w224", "width", "cells1 224 channels wide: more of what cells1_w192 did (semantic FPN: 5.78 "
+     "GFLOPs, the widest one cell under the FPN's 5.85)", {"NUM_CELLS": "1", "OUT_CHANNELS": "224"}),
     ("cells6", "depth", "the candidate with 6 residual cells", {"NUM_CELLS": "6"}),
     ("norm_bn_m0.1", "norm", "the candidate with BN (momentum 0.1) instead of GN",
      {"NORM": "BN", "NORM_MOMENTUM": "0.1"}),
