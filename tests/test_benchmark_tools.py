@@ -725,3 +725,13 @@ def test_size_diagnosis_tool_refuses_a_detector_it_cannot_read(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "SemanticSegmentor is neither" in last and "['GeneralizedRCNN', 'RetinaNet']" in last
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_neck_study_tool_refuses_a_negative_seed_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "neck_study.py"), "--arms", "semantic_fpn/cells1_w192",
+         "--seeds", "0", "-1", "--report-only", "--output-dir", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--seeds must be >= 0, got -1" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -132,6 +132,9 @@ def main(argv=None) -> None:
                      f"pairs: {sorted(PAIRS)}, or all")
     if args.jobs < 1 or args.threads < 1 or (args.iters is not None and args.iters < 1):
         parser.error("--jobs, --threads and --iters must be >= 1")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds must be >= 0, got {min(args.seeds)} (a negative seed is a random one in "
+                     "Detectron2: the run would not reproduce)")
 
     def chosen(arm) -> bool:
         if "all" in args.arms and arm.group != FIRST_STUDY:
