@@ -102,6 +102,10 @@ def add_bifpn_config(cfg: CN) -> CN:
     # Learning rate of the cells' fusion weights as a multiple of the neck's: in a short
     # schedule they stay near their equal initial split at 1 (docs/study.md).
     cfg.MODEL.BIFPN.FUSION_LR_FACTOR = 1.0
+    # The neck's own learning-rate warmup: its parameters warm up over this many iterations
+    # instead of SOLVER.WARMUP_ITERS (0: none, the neck starts at its full rate); -1: the
+    # solver's warmup for all. Applied by bifpn_d2's trainer (engine/neck_warmup.py).
+    cfg.MODEL.BIFPN.WARMUP_ITERS = -1
     # Run the cells in channels-last memory layout; the outputs are then channels-last
     # tensors (same values). Several times faster depthwise convs and pools on CPU.
     cfg.MODEL.BIFPN.CHANNELS_LAST = _CELL.channels_last  # True

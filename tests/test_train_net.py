@@ -204,6 +204,9 @@ def test_unknown_key_is_one_line_naming_the_key(tmp_path, env):
          "of the cell, P3-P5: allowed values: [3, 4, 5]"),
         (["MODEL.BIFPN.FUSION_LR_FACTOR", "0"],
          "MODEL.BIFPN.FUSION_LR_FACTOR=0.0 is not valid; it must be > 0"),
+        (["MODEL.BIFPN.WARMUP_ITERS", "-2"],
+         "MODEL.BIFPN.WARMUP_ITERS=-2 is not valid; it must be an iteration count >= 0, or -1 for the "
+         "solver's"),
         (["MODEL.BIFPN.FUSION", "sum"],
          "cannot build the model: MODEL.BIFPN.FUSION was renamed MODEL.BIFPN.FUSE_TYPE"),
         (["SOLVER.MAX_ITER"], "overrides must be KEY VALUE pairs"),
@@ -450,6 +453,47 @@ def test_neck_lr_factor(neck, fusion):
         expected = BASE_LR * (neck * fusion if is_fusion else neck if in_neck else 1.0)
         assert lr_of[id(p)] == pytest.approx(expected), name
     assert fusion_weights == sum(isinstance(m, WeightedFusion) for m in model.backbone.cells.modules()) > 0
+
+
+def _lr_per_iteration(cfg, model, iterations: int):
+    """{parameter name: [its learning rate at iterations 0, 1, ...]} under ``Trainer``'s
+    optimizer and scheduler for ``cfg``."""
+    optimizer = Trainer.build_optimizer(cfg, model)
+    scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    rates = {name: [] for name, _ in model.named_parameters()}
+    for _ in range(iterations):
+        for name, p in model.named_parameters():
+            rates[name].append(group_of[id(p)]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("neck_warmup", [0, 6])
+def test_the_neck_warms_up_over_its_own_iterations(neck_warmup):
+    """With MODEL.BIFPN.WARMUP_ITERS >= 0 the neck's parameters warm up over that many
+    iterations (0: none) and every other parameter over SOLVER.WARMUP_ITERS, with the
+    same steps after; -1 (the default) keeps one warmup for all."""
+    opts = TINY + ["SOLVER.WARMUP_ITERS", "3", "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)",
+                   "MODEL.BIFPN.LR_FACTOR", "2.0"]
+    cfg = load_config(CONFIG, opts + ["MODEL.BIFPN.WARMUP_ITERS", str(neck_warmup)])
+    model = build_checked_model(cfg)
+    rates = _lr_per_iteration(cfg, model, 10)
+    solver_rates = _lr_per_iteration(load_config(CONFIG, opts), model, 10)
+    neck_names = [name for name in rates if name.startswith("backbone.") and "bottom_up" not in name]
+    assert neck_names and len(neck_names) < len(rates)
+    factor = cfg.SOLVER.WARMUP_FACTOR
+    for name, lrs in rates.items():
+        if name not in neck_names:
+            assert lrs == pytest.approx(solver_rates[name]), name  # the solver's warmup, unchanged
+            continue
+        full = 2.0 * BASE_LR  # LR_FACTOR 2
+        warming = [factor + (1 - factor) * t / neck_warmup for t in range(neck_warmup)]
+        expected = [full * w for w in (warming + [1.0] * 8)[:8]]
+        assert lrs[:8] == pytest.approx(expected), name
+        assert lrs[8:] == pytest.approx([full * cfg.SOLVER.GAMMA] * 2), name  # the solver's step
+        assert lrs[:3] != pytest.approx(solver_rates[name][:3]), name
 
 
 @pytest.mark.parametrize(

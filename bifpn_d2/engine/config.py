@@ -150,6 +150,10 @@ def check_values(cfg: CfgNode) -> None:
             value = cfg.MODEL.BIFPN[name]
             if not value > 0:
                 raise ConfigError(f"MODEL.BIFPN.{name}={value!r} is not valid; it must be > 0")
+        warmup = cfg.MODEL.BIFPN.WARMUP_ITERS
+        if not isinstance(warmup, int) or warmup < -1:
+            raise ConfigError(f"MODEL.BIFPN.WARMUP_ITERS={warmup!r} is not valid; it must be an iteration "
+                              "count >= 0, or -1 for the solver's warmup (SOLVER.WARMUP_ITERS)")
     sizes = cfg.INPUT.MIN_SIZE_TRAIN
     sizes = sizes if isinstance(sizes, (list, tuple)) else (sizes,)
     if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):

@@ -28,6 +28,7 @@ from .config import build_checked_model
 from .ema import EMA_KEY, ModelEMAHook, build_model_ema
 from .evaluation import build_evaluator
 from .hooks import FusionWeightLogger
+from .neck_warmup import build_lr_scheduler, is_neck_parameter, tag_neck_groups
 
 __all__ = ["Trainer", "clip_full_model_gradients", "log_period", "neck_lr_factor"]
 
@@ -40,8 +41,7 @@ def neck_lr_factor(factor: float, fusion_factor: float = 1.0) -> Callable[[str],
     the rest. LazyConfig users pass it to their optimizer's params."""
 
     def lr_factor(name: str) -> float:
-        in_neck = name.startswith("backbone.") and not name.startswith("backbone.bottom_up.")
-        if not in_neck:
+        if not is_neck_parameter(name):
             return 1.0
         return factor * fusion_factor if name.endswith(".fusion.weight") else factor
 
@@ -114,7 +114,9 @@ class Trainer(DefaultTrainer):
         """Detectron2's SGD; with ``MODEL.BIFPN.LR_FACTOR`` != 1, the BiFPN's own parameters
         (everything of the backbone but its bottom-up network) learn at that multiple of
         the base learning rate, warmup and steps included, and its fusion weights at
-        ``MODEL.BIFPN.FUSION_LR_FACTOR`` times the neck's. ``SOLVER.CLIP_GRADIENTS`` with
+        ``MODEL.BIFPN.FUSION_LR_FACTOR`` times the neck's; with ``MODEL.BIFPN.WARMUP_ITERS``
+        >= 0, the neck's parameter groups are tagged for their own warmup
+        (:mod:`.neck_warmup`). ``SOLVER.CLIP_GRADIENTS`` with
         ``CLIP_TYPE "full_model"`` clips the norm of all gradients together
         (:func:`clip_full_model_gradients`); "value" and "norm" are Detectron2's."""
         clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -124,8 +126,10 @@ class Trainer(DefaultTrainer):
             unclipped.SOLVER.CLIP_GRADIENTS.ENABLED = False
             optimizer = cls.build_optimizer(unclipped, model)
             return clip_full_model_gradients(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
-        factor, fusion_factor = cfg.MODEL.BIFPN.LR_FACTOR, cfg.MODEL.BIFPN.FUSION_LR_FACTOR
-        if (factor == 1.0 and fusion_factor == 1.0) or "bifpn" not in cfg.MODEL.BACKBONE.NAME:
+        bifpn = cfg.MODEL.BIFPN
+        factor, fusion_factor, own_warmup = bifpn.LR_FACTOR, bifpn.FUSION_LR_FACTOR, bifpn.WARMUP_ITERS >= 0
+        plain = factor == 1.0 and fusion_factor == 1.0 and not own_warmup
+        if plain or "bifpn" not in cfg.MODEL.BACKBONE.NAME:
             return super().build_optimizer(cfg, model)
         params = get_default_optimizer_params(
             model,
@@ -135,11 +139,19 @@ class Trainer(DefaultTrainer):
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
             lr_factor_func=neck_lr_factor(factor, fusion_factor),
         )
+        if own_warmup:
+            params = tag_neck_groups(params, model)
         optimizer = torch.optim.SGD(
             params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        """Detectron2's schedule; the neck's own warmup with ``MODEL.BIFPN.WARMUP_ITERS`` >= 0
+        (:func:`bifpn_d2.engine.neck_warmup.build_lr_scheduler`)."""
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
