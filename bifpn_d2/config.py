@@ -87,6 +87,9 @@ def add_bifpn_config(cfg: CN) -> CN:
     # strided convs from P5); or "p6p7_c5_after" (RetinaNet's convs from C5, joined after the
     # cells: the FPN's own P6/P7, through no cell and no norm).
     cfg.MODEL.BIFPN.TOP_BLOCK = ""
+    # The initial fusion weight of each node's edge from the cell's input at its level,
+    # relative to the node's other edges (1: the equal split, EfficientDet's).
+    cfg.MODEL.BIFPN.FUSION_INPUT_WEIGHT = _CELL.fusion_input_weight  # 1.0
     # Cell convs: "xavier_uniform" | "c2_xavier" (Detectron2's FPN).
     cfg.MODEL.BIFPN.CONV_INIT = _CELL.conv_init  # "xavier_uniform"
     # Residual cells: each cell whose inputs have the neck's width adds them to its outputs

@@ -123,6 +123,21 @@ def test_dense_levels_make_only_their_nodes_dense():
     assert all(node.conv.depthwise is not None for node in _bifpn().cells[0].nodes)
 
 
+def test_fusion_input_weight_favours_each_nodes_own_level_input():
+    """Every node starts with the edge from the cell's input at its level weighted
+    ``fusion_input_weight`` times each of its other edges; the equal split without it."""
+    for weight in (3.0, 1.0):
+        for cell in _bifpn(fusion_input_weight=weight).cells:
+            for node in cell.nodes:
+                raw = [weight if i == node.level_index else 1.0 for i in node.input_ids]
+                assert raw.count(weight) == 1 or weight == 1.0  # each node has one such edge
+                expected = torch.tensor(raw) / sum(raw)
+                assert torch.allclose(node.fusion.input_weights(), expected, atol=1e-4)
+    for bad, fusion in ((0.0, "fast_normalized"), (2.0, "sum")):
+        with pytest.raises(OptionError, match=r"fusion_input_weight=.* it must be > 0, and 1 for a fusion"):
+            _bifpn(fusion_input_weight=bad, fusion=fusion)
+
+
 def test_dense_levels_outside_the_cell_are_refused():
     with pytest.raises(OptionError, match=r"dense_levels=\[8\] .*allowed values: \[3, 4, 5, 6, 7\]"):
         _bifpn(dense_levels=(8,))
@@ -269,6 +284,7 @@ OPTION_EFFECTS = [
     ("graph", "panet", "outputs"),
     ("graph", "qufpn", "outputs"),
     ("conv_init", "c2_xavier", "outputs"),
+    ("fusion_input_weight", 2.0, "outputs"),
     ("residual", False, "outputs"),
     ("residual_scale", 0.5, "outputs"),
     ("same_padding", True, "outputs"),

@@ -19,6 +19,25 @@ def test_learnable_weights_start_at_one():
     assert WeightedFusion(3, "sum").weight is None
 
 
+@pytest.mark.parametrize("method", ["weighted", "softmax", "fast_normalized"] + list(CHANNEL_METHODS))
+def test_learnable_weights_start_at_a_given_split(method):
+    """``initial`` sets the inputs' starting weights relative to each other: the normalised
+    split of a normalising fusion, the weights themselves of the unbounded one."""
+    fusion = WeightedFusion(3, method, eps=0.0, channels=4, initial=(2, 1, 1))
+    expected = torch.tensor([2.0, 1.0, 1.0]) / (1 if method == "weighted" else 4)
+    assert torch.allclose(fusion.input_weights(), expected)
+
+
+def test_an_initial_split_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="learns no weights"):
+        WeightedFusion(2, "sum", initial=(2, 1))
+    assert WeightedFusion(2, "avg", initial=(1, 1)).weight is None  # the equal split is avg's own
+    with pytest.raises(ValueError, match="2 values > 0"):
+        WeightedFusion(2, "fast_normalized", initial=(1, 0))
+    with pytest.raises(ValueError, match="2 values > 0"):
+        WeightedFusion(2, "fast_normalized", initial=(1, 1, 1))
+
+
 @pytest.mark.parametrize("method", SCALAR_METHODS)
 def test_fusion_matches_hand_computation(method):
     a, b, c = _inputs()

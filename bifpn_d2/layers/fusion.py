@@ -1,7 +1,7 @@
 """Weighted fusion of same-shaped feature maps (the "+" nodes of FPN and BiFPN).
 
 Variants (EfficientDet, Tan et al. 2020, section 3.3), for inputs ``I_i`` and one
-learnable scalar ``w_i`` per input edge, initialised to 1:
+learnable scalar ``w_i`` per input edge, initialised to 1 (or to a given split):
 
 ==================  ===============================================  ==============
 ``method``          output                                           learnable
@@ -25,7 +25,7 @@ inputs channel by channel:
 Inputs are accumulated one by one (``addcmul``), never stacked into an ``(n, N, C, H, W)``
 tensor first, and the weights are normalised out of place so autograd stays valid.
 """
-from typing import List
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,12 @@ class WeightedFusion(nn.Module):
     """Fuse ``num_inputs`` tensors of identical shape ``(N, C, H, W)`` into one."""
 
     def __init__(
-        self, num_inputs: int, method: str = "fast_normalized", eps: float = 1e-4, channels: int = 0
+        self,
+        num_inputs: int,
+        method: str = "fast_normalized",
+        eps: float = 1e-4,
+        channels: int = 0,
+        initial: Optional[Sequence[float]] = None,
     ):
         """
         Args:
@@ -51,6 +56,10 @@ class WeightedFusion(nn.Module):
             method: one of :data:`FUSION_METHODS`.
             eps: the epsilon of fast normalized fusion (1e-4 in the paper).
             channels: ``C`` of the inputs; needed (> 0) by the channel-wise methods only.
+            initial: the inputs' initial weights relative to each other, ``num_inputs``
+                values > 0 (e.g. ``(2, 1, 1)``: the first input starts with half of the
+                normalised weight); None: all 1, the equal split. Only a learnable method
+                takes a split other than the equal one.
         """
         super().__init__()
         check_choice("fusion", method, FUSION_METHODS)
@@ -62,10 +71,17 @@ class WeightedFusion(nn.Module):
         self.num_inputs = num_inputs
         self.method = method
         self.eps = eps
+        start = torch.ones(num_inputs) if initial is None else torch.tensor(initial, dtype=torch.float32)
+        if start.shape != (num_inputs,) or not bool((start > 0).all()):
+            raise ValueError(f"initial weights must be {num_inputs} values > 0, got {initial}")
+        if method in ("softmax", "channel_softmax"):
+            start = start.log() + 1.0  # softmax(start) is the same split; all 1 when equal
         if self.channel_wise:
-            self.weight = nn.Parameter(torch.ones(num_inputs, channels))
+            self.weight = nn.Parameter(start[:, None].repeat(1, channels))
         elif method in ("weighted", "softmax", "fast_normalized"):
-            self.weight = nn.Parameter(torch.ones(num_inputs))
+            self.weight = nn.Parameter(start)
+        elif initial is not None and any(w != initial[0] for w in initial):
+            raise ValueError(f"fusion method {method!r} learns no weights: it has no initial split to set")
         else:
             self.register_parameter("weight", None)
 

@@ -89,6 +89,7 @@ CELL_KEYS = {
     "graph": "MODEL.BIFPN.GRAPH",
     "fusion": "MODEL.BIFPN.FUSE_TYPE",
     "fusion_eps": "MODEL.FPN.FUSION_EPS",
+    "fusion_input_weight": "MODEL.BIFPN.FUSION_INPUT_WEIGHT",
     "activation": "MODEL.BIFPN.ACTIVATION",
     "separable_conv": "MODEL.BIFPN.SEPARABLE_CONV",
     "dense_levels": "MODEL.BIFPN.DENSE_CONV_LEVELS",

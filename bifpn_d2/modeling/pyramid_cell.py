@@ -24,6 +24,9 @@ class CellOptions:
         graph: the node spec of a cell, ``"bifpn"``, ``"panet"`` or ``"qufpn"`` (see
             :mod:`pyramid_graph`).
         fusion, fusion_eps: how each node fuses its inputs (see :class:`WeightedFusion`).
+        fusion_input_weight: the initial fusion weight of each node's edge from the cell's
+            input at the node's level, relative to its other edges (> 0; 1: the equal
+            split, EfficientDet's). A learnable fusion only.
         activation: after each fusion, before the conv (see :func:`make_activation`).
         separable_conv: depthwise-separable (True) or dense 3x3 conv after each fusion.
         dense_levels: levels whose nodes take a dense 3x3 conv even when
@@ -47,6 +50,7 @@ class CellOptions:
     graph: str = "bifpn"
     fusion: str = "fast_normalized"
     fusion_eps: float = 1e-4
+    fusion_input_weight: float = 1.0
     activation: str = "swish"
     separable_conv: bool = True
     dense_levels: Tuple[int, ...] = ()
@@ -96,7 +100,12 @@ class FusionNode(nn.Module):
             ResampleToLevel(in_ch, out_channels, step, style)
             for in_ch, step in zip(input_channels, level_steps)
         )
-        self.fusion = WeightedFusion(len(self.input_ids), options.fusion, options.fusion_eps, out_channels)
+        # the cell's input at this node's level is node level_index
+        weight = options.fusion_input_weight
+        initial = None if weight == 1.0 else [weight if i == level_index else 1.0 for i in self.input_ids]
+        self.fusion = WeightedFusion(
+            len(self.input_ids), options.fusion, options.fusion_eps, out_channels, initial=initial
+        )
         self.act = make_activation(options.activation)
         self.conv = SeparableConvNorm(out_channels, separable, style)
 
@@ -165,6 +174,10 @@ class PyramidCell(ActivationCheckpointing, nn.Module):
             raise OptionError("dense_levels", list(options.dense_levels),
                               f"{outside} are not levels of the cell, P{min_level}-P{max_level}: "
                               f"allowed values: {list(range(min_level, max_level + 1))}")
+        weight = options.fusion_input_weight
+        if not weight > 0 or (weight != 1.0 and options.fusion in ("sum", "avg")):
+            raise OptionError("fusion_input_weight", weight,
+                              "it must be > 0, and 1 for a fusion that learns no weights (sum, avg)")
         self.nodes = nn.ModuleList()
         for node in nodes:
             if not min_level <= node.level <= max_level:
