@@ -143,6 +143,9 @@ FRCNN_CELLS1_ARMS = FRCNN_PAIR + ["faster_rcnn/norm_ln_top_p6p7_p5_cells1"]
 FRCNN_CELLS1_VARIANT_ARMS = [f"faster_rcnn/norm_ln_top_p6p7_p5_cells1{variant}"
                              for variant in ("", "_w152", "_lr2")]
 FRCNN_W152_ARMS = FRCNN_CELLS1_ARMS + ["faster_rcnn/norm_ln_top_p6p7_p5_cells1_w152"]
+# The shipped one cell at 152 channels with the neck's own warmup: none, or 4x the rest's
+FRCNN_WARMUP_ARMS = ["faster_rcnn/norm_ln_top_p6p7_p5_cells1_w152", "faster_rcnn/recipe_neck_warmup0",
+                     "faster_rcnn/recipe_neck_warmup200"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -291,6 +294,11 @@ STEPS: List[Step] = [
     _pool("neck_study_faster_rcnn_w152_4seeds",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_cells1_variants",
            "neck_study_faster_rcnn_w152_seeds23"], FRCNN_W152_ARMS),
+    _study("neck_study_faster_rcnn_neck_warmup", FRCNN_WARMUP_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (15, 45)),
+    # beside the FPN's seeds 0 1 from the residual_scale0.1 table
+    _pool("neck_study_faster_rcnn_neck_warmup_vs_fpn",
+          ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_neck_warmup"],
+          ["faster_rcnn/fpn"] + FRCNN_WARMUP_ARMS),
     _fusion_weights("fusion_weights_faster_rcnn", "faster_rcnn/norm_ln_top_p6p7_p5", FRCNN_LARGE_STUDY),
     _fusion_weights("fusion_weights_faster_rcnn_fusion_lr10", "faster_rcnn/norm_ln_top_p6p7_p5_fusion_lr10",
                     FRCNN_LARGE_STUDY),

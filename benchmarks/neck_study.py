@@ -147,10 +147,13 @@ class Arm:
         return [item for kv in self.overrides.items() for item in kv] + ["DATASETS.TEST", tests]
 
 
+def _changed(base: Dict[str, str], changes: Dict[str, str]) -> Dict[str, str]:
+    """``base`` overrides with ``changes`` (``{BIFPN_KEY: VALUE}``, under ``MODEL.BIFPN``)."""
+    return {**base, **{f"MODEL.BIFPN.{k}": v for k, v in changes.items()}}
+
+
 def _bifpn(name: str, group: str, question: str, base: Dict[str, str], **changes: str) -> Arm:
-    overrides = dict(base)
-    overrides.update({f"MODEL.BIFPN.{k}": v for k, v in changes.items()})
-    return Arm(name, group, question, BIFPN_CONFIG, overrides)
+    return Arm(name, group, question, BIFPN_CONFIG, _changed(base, changes))
 
 
 # (name, group, what it tests, changes to BIFPN_BEFORE)
@@ -292,6 +295,22 @@ _PAIR_ARMS = [  # (name, group, what it tests, changes to BIFPN_AFTER)
      "widely: does one cell keep the first and lose the second?)",
      {**_LN_P5, "NUM_CELLS": "1", "LR_FACTOR": "2.0"}),
 ]
+# (name, group, what it tests, changes to the pair's shipped recipe, SHIPPED_RECIPES)
+_RECIPE_ARMS = [
+    ("recipe_neck_warmup0", "schedule", "the pair's shipped recipe with the neck at its full learning rate "
+     "from the first iteration while the rest warms up over SOLVER.WARMUP_ITERS (MODEL.BIFPN.WARMUP_ITERS "
+     "0): in these short runs the later cells do not train; is the neck short of updates?",
+     {"WARMUP_ITERS": "0"}),
+    ("recipe_neck_warmup200", "schedule", "the pair's shipped recipe with the neck warming up over 200 "
+     "iterations, 4x the rest's 50 (MODEL.BIFPN.WARMUP_ITERS 200; a new neck on a trained backbone is often "
+     "started so, here everything starts from scratch)", {"WARMUP_ITERS": "200"}),
+    ("recipe_fusion_input2", "fusion", "the pair's shipped recipe with each node's edge from the cell's "
+     "input at its level starting at twice the weight of its other edges (MODEL.BIFPN.FUSION_INPUT_WEIGHT "
+     "2): at 1x the fusion weights end these runs near the split they start at, and at 10x the first cell's "
+     "P2 and P3 nodes moved toward that edge", {"FUSION_INPUT_WEIGHT": "2.0"}),
+]
+
+
 def _pair_arms(pair: Pair) -> List[Arm]:
     arms = [Arm("fpn", "reference", "Detectron2's FPN (sum fusion, GN, width 128)", pair.fpn_config,
                 pair=pair.name)]
@@ -302,8 +321,10 @@ def _pair_arms(pair: Pair) -> List[Arm]:
             continue  # P6 and P7: more levels than a max-pool of P5 makes
         if pair.name == "retinanet" and name == "shipped":
             continue  # RetinaNet shipped the candidate before (it ships norm_ln_top_p6p7_p5 now)
-        overrides = dict(BIFPN_AFTER)
-        overrides.update({f"MODEL.BIFPN.{k}": v for k, v in changes.items()})
+        overrides = _changed(BIFPN_AFTER, changes)
+        arms.append(Arm(name, group, question, pair.bifpn_config, overrides, pair=pair.name))
+    for name, group, question, changes in _RECIPE_ARMS:
+        overrides = _changed(SHIPPED_RECIPES[pair.name], changes)
         arms.append(Arm(name, group, question, pair.bifpn_config, overrides, pair=pair.name))
     return arms
 

@@ -200,6 +200,12 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "cells1_w192",
                    "faster_rcnn": "norm_ln_top_p6p7_p5_cells1_w152"}.get(pair, "norm_ln_top_p6p7_p5")
     assert arms[f"{pair}/{shipped_arm}"] == recipe
+    # the arms that vary the shipped recipe vary it by one key
+    for warmup in ("0", "200"):
+        assert arms[f"{pair}/recipe_neck_warmup{warmup}"] == {**recipe, "MODEL.BIFPN.WARMUP_ITERS": warmup}
+    assert arms[f"{pair}/recipe_fusion_input2"] == {**recipe, "MODEL.BIFPN.FUSION_INPUT_WEIGHT": "2.0"}
+    # the solver's warmup for all and equal initial fusion weights (the study: docs/study.md)
+    assert shipped.MODEL.BIFPN.WARMUP_ITERS == -1 and shipped.MODEL.BIFPN.FUSION_INPUT_WEIGHT == 1.0
     # the dev splits chose LN and P6/P7 after the cells: RetinaNet's from C5 (the FPN's), R-CNN's
     # P6 from the cells' P5
     top = {"retinanet": "p6p7_c5_after", "faster_rcnn": "p6p7_p5", "mask_rcnn": "p6p7_p5"}
