@@ -22,10 +22,13 @@ def test_learnable_weights_start_at_one():
 @pytest.mark.parametrize("method", ["weighted", "softmax", "fast_normalized"] + list(CHANNEL_METHODS))
 def test_learnable_weights_start_at_a_given_split(method):
     """``initial`` sets the inputs' starting weights relative to each other: the normalised
-    split of a normalising fusion, the weights themselves of the unbounded one."""
+    split of a normalising fusion, the weights themselves of the unbounded one. It builds
+    on the meta device too (large configs are sized there, with no values to read)."""
     fusion = WeightedFusion(3, method, eps=0.0, channels=4, initial=(2, 1, 1))
     expected = torch.tensor([2.0, 1.0, 1.0]) / (1 if method == "weighted" else 4)
     assert torch.allclose(fusion.input_weights(), expected)
+    with torch.device("meta"):
+        assert WeightedFusion(3, method, channels=4, initial=(2, 1, 1)).weight.is_meta
 
 
 def test_an_initial_split_is_refused_where_it_cannot_apply():

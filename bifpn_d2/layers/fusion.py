@@ -71,9 +71,10 @@ class WeightedFusion(nn.Module):
         self.num_inputs = num_inputs
         self.method = method
         self.eps = eps
-        start = torch.ones(num_inputs) if initial is None else torch.tensor(initial, dtype=torch.float32)
-        if start.shape != (num_inputs,) or not bool((start > 0).all()):
+        # checked in Python: the module may be built on the meta device (no values to read)
+        if initial is not None and (len(initial) != num_inputs or not all(w > 0 for w in initial)):
             raise ValueError(f"initial weights must be {num_inputs} values > 0, got {initial}")
+        start = torch.tensor([1.0] * num_inputs if initial is None else list(initial), dtype=torch.float32)
         if method in ("softmax", "channel_softmax"):
             start = start.log() + 1.0  # softmax(start) is the same split; all 1 when equal
         if self.channel_wise:
