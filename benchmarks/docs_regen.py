@@ -146,6 +146,8 @@ FRCNN_W152_ARMS = FRCNN_CELLS1_ARMS + ["faster_rcnn/norm_ln_top_p6p7_p5_cells1_w
 # The shipped one cell at 152 channels with the neck's own warmup: none, or 4x the rest's
 FRCNN_WARMUP_ARMS = ["faster_rcnn/norm_ln_top_p6p7_p5_cells1_w152", "faster_rcnn/recipe_neck_warmup0",
                      "faster_rcnn/recipe_neck_warmup200"]
+# ... and with each node's own-level input edge starting at twice the others' fusion weight
+FRCNN_FUSION_ARMS = FRCNN_WARMUP_ARMS[:1] + ["faster_rcnn/recipe_fusion_input2"]
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -155,12 +157,18 @@ SEGMENTATION_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/candidate", "mask_rcnn/norm_
 MASK_LN_ARMS = ["mask_rcnn/fpn", "mask_rcnn/norm_ln_top_p6p7_p5"]
 # Faster R-CNN's one cell, asked of semantic FPN beside its FPN and candidate
 SEMANTIC_CELLS1_ARMS = ["semantic_fpn/fpn", "semantic_fpn/candidate", "semantic_fpn/cells1"]
+# The shipped recipe with the neck's own warmup: none, or 4x the rest's
+MASK_WARMUP_ARMS = ["mask_rcnn/recipe_neck_warmup0", "mask_rcnn/recipe_neck_warmup200"]
 # Faster R-CNN's one cell, asked of Mask R-CNN
 MASK_CELLS1_ARMS = MASK_LN_ARMS + ["mask_rcnn/norm_ln_top_p6p7_p5_cells1"]
 # Semantic FPN: the BiFPN arms beyond norm (its pyramid stops at P5: no top block arms),
 # beside the FPN and the shipped candidate, in the same runs directory
 SEMANTIC_ARMS = [f"semantic_fpn/{arm}" for arm in ("fpn", "candidate", "plain", "residual_scale1", "cells6",
                                                     "channel_fast_normalized", "neck_lr2")]
+# Semantic FPN's shipped one cell at 192 channels with the neck's own warmup, beside the FPN
+SEMANTIC_WARMUP_ARMS = ["semantic_fpn/fpn", "semantic_fpn/cells1_w192", "semantic_fpn/recipe_neck_warmup0",
+                        "semantic_fpn/recipe_neck_warmup200"]
+SEMANTIC_FUSION_ARMS = SEMANTIC_WARMUP_ARMS[:2] + ["semantic_fpn/recipe_fusion_input2"]
 CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
@@ -254,6 +262,10 @@ STEPS: List[Step] = [
     _study("neck_study_mask_rcnn_w144", ["mask_rcnn/norm_ln_top_p6p7_p5_cells1",
                                          "mask_rcnn/norm_ln_top_p6p7_p5_cells1_w144"], ["0", "1"],
            SEGMENTATION_LN_STUDY, (20, 60)),
+    _study("neck_study_mask_rcnn_neck_warmup", MASK_WARMUP_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY, (20, 60)),
+    # beside the FPN's and the shipped recipe's seeds 0 1 from the lr2 table
+    _pool("neck_study_mask_rcnn_neck_warmup_vs_fpn",
+          ["neck_study_mask_rcnn_lr2", "neck_study_mask_rcnn_neck_warmup"], MASK_LN_ARMS + MASK_WARMUP_ARMS),
     _study("neck_study_semantic_cells1", SEMANTIC_CELLS1_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
            (40, 120)),
     # the FPN, the candidate and one cell: the runs of the step above
@@ -262,6 +274,13 @@ STEPS: List[Step] = [
     _study("neck_study_semantic_w224",
            SEMANTIC_CELLS1_ARMS + ["semantic_fpn/cells1_w192", "semantic_fpn/cells1_w224"],
            ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY, (15, 45)),
+    *[_study(f"neck_study_semantic_neck_warmup{part}", SEMANTIC_WARMUP_ARMS, seeds, SEGMENTATION_LN_STUDY,
+             (15, 45)) for part, seeds in (("", ["0", "1"]), ("_seeds23", ["2", "3"]))],
+    _study("neck_study_semantic_fusion_input2", SEMANTIC_FUSION_ARMS, ["0", "1"], SEGMENTATION_LN_STUDY,
+           (10, 30)),
+    _pool("neck_study_semantic_neck_warmup_4seeds",
+          ["neck_study_semantic_neck_warmup", "neck_study_semantic_neck_warmup_seeds23"],
+          SEMANTIC_WARMUP_ARMS),
     _study("neck_study_retinanet_cells1", RETINANET_CELLS1_ARMS[-1:], ["0", "1"], TOP_C5_STUDY, (10, 30)),
     # the FPN and the recipe: seeds 0 1 of their table (the same runs)
     _pool("neck_study_retinanet_cells1_seeds01",
@@ -295,6 +314,11 @@ STEPS: List[Step] = [
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_cells1_variants",
            "neck_study_faster_rcnn_w152_seeds23"], FRCNN_W152_ARMS),
     _study("neck_study_faster_rcnn_neck_warmup", FRCNN_WARMUP_ARMS, ["0", "1"], FRCNN_LARGE_STUDY, (15, 45)),
+    _study("neck_study_faster_rcnn_fusion_input2", FRCNN_FUSION_ARMS, ["0", "1"], FRCNN_LARGE_STUDY,
+           (10, 30)),
+    _pool("neck_study_faster_rcnn_fusion_input2_vs_fpn",
+          ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_fusion_input2"],
+          ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS),
     # beside the FPN's seeds 0 1 from the residual_scale0.1 table
     _pool("neck_study_faster_rcnn_neck_warmup_vs_fpn",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_neck_warmup"],
