@@ -169,6 +169,12 @@ SEMANTIC_ARMS = [f"semantic_fpn/{arm}" for arm in ("fpn", "candidate", "plain", 
 SEMANTIC_WARMUP_ARMS = ["semantic_fpn/fpn", "semantic_fpn/cells1_w192", "semantic_fpn/recipe_neck_warmup0",
                         "semantic_fpn/recipe_neck_warmup200"]
 SEMANTIC_FUSION_ARMS = SEMANTIC_WARMUP_ARMS[:2] + ["semantic_fpn/recipe_fusion_input2"]
+# Semantic FPN's two levers together, beside the FPN and the shipped warmup
+SEMANTIC_BOTH_ARMS = ["semantic_fpn/fpn", "semantic_fpn/recipe_neck_warmup200",
+                      "semantic_fpn/recipe_neck_warmup200_fusion_input2"]
+MASK_FUSION_ARMS = ["mask_rcnn/recipe_fusion_input2"]
+# A study trained in two halves: seeds 0 1 (the screen; docs/<name>.*), then 2 3 (<name>_seeds23)
+SEED_HALVES = (("", ["0", "1"]), ("_seeds23", ["2", "3"]))
 CHECKPOINTING = "output/docs/checkpointing"
 LITE = ["Lite0", "Lite1", "Lite2", "Lite3", "Lite4"]
 
@@ -266,6 +272,15 @@ STEPS: List[Step] = [
     # beside the FPN's and the shipped recipe's seeds 0 1 from the lr2 table
     _pool("neck_study_mask_rcnn_neck_warmup_vs_fpn",
           ["neck_study_mask_rcnn_lr2", "neck_study_mask_rcnn_neck_warmup"], MASK_LN_ARMS + MASK_WARMUP_ARMS),
+    *[_study(f"neck_study_mask_rcnn_fusion_input2{part}", MASK_FUSION_ARMS, seeds, SEGMENTATION_LN_STUDY,
+             (20, 60)) for part, seeds in SEED_HALVES],
+    # beside the FPN's and the recipe's seeds 0 1 (the screen), then 0-3 (the 4-seed table)
+    _pool("neck_study_mask_rcnn_fusion_input2_vs_fpn",
+          ["neck_study_mask_rcnn_lr2", "neck_study_mask_rcnn_fusion_input2"],
+          MASK_LN_ARMS + MASK_FUSION_ARMS),
+    _pool("neck_study_mask_rcnn_fusion_input2_4seeds",
+          ["neck_study_mask_rcnn_4seeds", "neck_study_mask_rcnn_fusion_input2",
+           "neck_study_mask_rcnn_fusion_input2_seeds23"], MASK_LN_ARMS + MASK_FUSION_ARMS),
     _study("neck_study_semantic_cells1", SEMANTIC_CELLS1_ARMS, ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY,
            (40, 120)),
     # the FPN, the candidate and one cell: the runs of the step above
@@ -275,12 +290,17 @@ STEPS: List[Step] = [
            SEMANTIC_CELLS1_ARMS + ["semantic_fpn/cells1_w192", "semantic_fpn/cells1_w224"],
            ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY, (15, 45)),
     *[_study(f"neck_study_semantic_neck_warmup{part}", SEMANTIC_WARMUP_ARMS, seeds, SEGMENTATION_LN_STUDY,
-             (15, 45)) for part, seeds in (("", ["0", "1"]), ("_seeds23", ["2", "3"]))],
+             (15, 45)) for part, seeds in SEED_HALVES],
     *[_study(f"neck_study_semantic_fusion_input2{part}", SEMANTIC_FUSION_ARMS, seeds, SEGMENTATION_LN_STUDY,
-             (10, 30)) for part, seeds in (("", ["0", "1"]), ("_seeds23", ["2", "3"]))],
+             (10, 30)) for part, seeds in SEED_HALVES],
     _pool("neck_study_semantic_fusion_input2_4seeds",
           ["neck_study_semantic_fusion_input2", "neck_study_semantic_fusion_input2_seeds23"],
           SEMANTIC_FUSION_ARMS),
+    *[_study(f"neck_study_semantic_warmup200_fusion_input2{part}", SEMANTIC_BOTH_ARMS, seeds,
+             SEGMENTATION_LN_STUDY, (10, 30)) for part, seeds in SEED_HALVES],
+    _pool("neck_study_semantic_warmup200_fusion_input2_4seeds",
+          [f"neck_study_semantic_warmup200_fusion_input2{part}" for part, _ in SEED_HALVES],
+          SEMANTIC_BOTH_ARMS),
     _pool("neck_study_semantic_neck_warmup_4seeds",
           ["neck_study_semantic_neck_warmup", "neck_study_semantic_neck_warmup_seeds23"],
           SEMANTIC_WARMUP_ARMS),

@@ -76,7 +76,7 @@ LN_TOP_P5_CELLS1_W152_RECIPE: Dict[str, str] = {
     **LN_TOP_P5_RECIPE, **_ONE_CELL, "MODEL.BIFPN.OUT_CHANNELS": "152"
 }
 BIFPN_AFTER_CELLS1_W192: Dict[str, str] = {**BIFPN_AFTER, **_ONE_CELL, "MODEL.BIFPN.OUT_CHANNELS": "192"}
-# Each pair's recipe before the arms that vary it by one key (_RECIPE_ARMS). Semantic FPN
+# Each pair's recipe before the arms that vary it (_RECIPE_ARMS: one key, or two together). Semantic FPN
 # keeps GN (BIFPN_AFTER's): LN was not ahead on its dev split.
 RECIPES_VARIED: Dict[str, Dict[str, str]] = {
     "retinanet": LN_TOP_C5_AFTER_RECIPE,
@@ -85,11 +85,15 @@ RECIPES_VARIED: Dict[str, Dict[str, str]] = {
     "semantic_fpn": BIFPN_AFTER_CELLS1_W192,
 }
 # What each pair's synthetic BiFPN config ships, and what its FPN config's switch
-# (MODEL.BACKBONE.NAME alone) builds: semantic FPN's dev split then took its arm
-# recipe_neck_warmup200 (the neck warmed up over 200 iterations, the rest over 50).
+# (MODEL.BACKBONE.NAME alone) builds: Mask R-CNN's dev split then took its arm
+# recipe_fusion_input2 (each node's own-level input starts at twice the weight), semantic
+# FPN's recipe_neck_warmup200_fusion_input2 (that, and the neck warmed up over 200
+# iterations, the rest over 50).
+_FUSION_INPUT2 = {"MODEL.BIFPN.FUSION_INPUT_WEIGHT": "2.0"}
 SHIPPED_RECIPES: Dict[str, Dict[str, str]] = {
     **RECIPES_VARIED,
-    "semantic_fpn": {**BIFPN_AFTER_CELLS1_W192, "MODEL.BIFPN.WARMUP_ITERS": "200"},
+    "mask_rcnn": {**LN_TOP_P5_RECIPE, **_FUSION_INPUT2},
+    "semantic_fpn": {**BIFPN_AFTER_CELLS1_W192, "MODEL.BIFPN.WARMUP_ITERS": "200", **_FUSION_INPUT2},
 }
 
 
@@ -314,6 +318,9 @@ _RECIPE_ARMS = [
      "input at its level starting at twice the weight of its other edges (MODEL.BIFPN.FUSION_INPUT_WEIGHT "
      "2): at 1x the fusion weights end these runs near the split they start at, and at 10x the first cell's "
      "P2 and P3 nodes moved toward that edge", {"FUSION_INPUT_WEIGHT": "2.0"}),
+    ("recipe_neck_warmup200_fusion_input2", "fusion", "recipe_neck_warmup200 and recipe_fusion_input2 "
+     "together (semantic FPN: each was about half a point ahead of the recipe on dev; do they add up?)",
+     {"WARMUP_ITERS": "200", "FUSION_INPUT_WEIGHT": "2.0"}),
 ]
 
 

@@ -197,18 +197,22 @@ def test_synthetic_bifpn_config_is_the_neck_study_result(pair):
     switched = load_config(fpn_config, ["MODEL.BACKBONE.NAME", switch])
     assert switched.MODEL.BIFPN == shipped.MODEL.BIFPN
     arms = {arm.key: arm.overrides for arm in ARMS}
-    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "semantic_fpn": "recipe_neck_warmup200",
-                   "faster_rcnn": "norm_ln_top_p6p7_p5_cells1_w152"}.get(pair, "norm_ln_top_p6p7_p5")
+    shipped_arm = {"retinanet": "norm_ln_top_p6p7_c5_after", "faster_rcnn": "norm_ln_top_p6p7_p5_cells1_w152",
+                   "mask_rcnn": "recipe_fusion_input2",
+                   "semantic_fpn": "recipe_neck_warmup200_fusion_input2"}[pair]
     assert arms[f"{pair}/{shipped_arm}"] == recipe
-    # the arms that vary the pair's recipe vary it by one key
+    # the arms that vary the pair's recipe vary it by one key (the last arm: two of them together)
     varied = RECIPES_VARIED[pair]
     for warmup in ("0", "200"):
         assert arms[f"{pair}/recipe_neck_warmup{warmup}"] == {**varied, "MODEL.BIFPN.WARMUP_ITERS": warmup}
     assert arms[f"{pair}/recipe_fusion_input2"] == {**varied, "MODEL.BIFPN.FUSION_INPUT_WEIGHT": "2.0"}
-    # semantic FPN's dev split took the neck's own 200-iteration warmup; the others keep the
-    # solver's; equal initial fusion weights everywhere (the study: docs/study.md)
+    assert arms[f"{pair}/recipe_neck_warmup200_fusion_input2"] == {
+        **varied, "MODEL.BIFPN.WARMUP_ITERS": "200", "MODEL.BIFPN.FUSION_INPUT_WEIGHT": "2.0"}
+    # semantic FPN's dev split took the neck's own 200-iteration warmup, the others keep the
+    # solver's; Mask R-CNN's and semantic FPN's took the own-level input started at twice the
+    # weight, the others start at the equal split (the study: docs/study.md)
     assert shipped.MODEL.BIFPN.WARMUP_ITERS == (200 if pair == "semantic_fpn" else -1)
-    assert shipped.MODEL.BIFPN.FUSION_INPUT_WEIGHT == 1.0
+    assert shipped.MODEL.BIFPN.FUSION_INPUT_WEIGHT == (2.0 if pair in ("mask_rcnn", "semantic_fpn") else 1.0)
     # the dev splits chose LN and P6/P7 after the cells: RetinaNet's from C5 (the FPN's), R-CNN's
     # P6 from the cells' P5
     top = {"retinanet": "p6p7_c5_after", "faster_rcnn": "p6p7_p5", "mask_rcnn": "p6p7_p5"}
