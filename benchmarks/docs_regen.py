@@ -342,6 +342,13 @@ STEPS: List[Step] = [
     _pool("neck_study_faster_rcnn_fusion_input2_vs_fpn",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_fusion_input2"],
           ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS),
+    # seeds 2 3 with the FPN's (the runs of the w152_seeds23 step), then all 4 beside the FPN's
+    # seeds 0 1 from the residual_scale0.1 table
+    _study("neck_study_faster_rcnn_fusion_input2_seeds23", ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS,
+           ["2", "3"], FRCNN_LARGE_STUDY, (10, 30)),
+    _pool("neck_study_faster_rcnn_fusion_input2_4seeds",
+          ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_fusion_input2",
+           "neck_study_faster_rcnn_fusion_input2_seeds23"], ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS),
     # beside the FPN's seeds 0 1 from the residual_scale0.1 table
     _pool("neck_study_faster_rcnn_neck_warmup_vs_fpn",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_neck_warmup"],
