@@ -308,6 +308,12 @@ STEPS: List[Step] = [
     # the FPN and the recipe: seeds 0 1 of their table (the same runs)
     _pool("neck_study_retinanet_cells1_seeds01",
           ["neck_study_retinanet_top_c5_after", "neck_study_retinanet_cells1"], RETINANET_CELLS1_ARMS),
+    # the fusion start on the shipped recipe, beside the same FPN and recipe runs
+    _study("neck_study_retinanet_fusion_input2", ["retinanet/recipe_fusion_input2"], ["0", "1"], TOP_C5_STUDY,
+           (10, 30)),
+    _pool("neck_study_retinanet_fusion_input2_seeds01",
+          ["neck_study_retinanet_top_c5_after", "neck_study_retinanet_fusion_input2"],
+          RETINANET_CELLS1_ARMS[:2] + ["retinanet/recipe_fusion_input2"]),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
