@@ -67,6 +67,13 @@ def _pool(name: str, tables: Sequence[str], arms: Sequence[str] = ("all",)) -> S
     return Step(name, command, out, _outputs("neck_study", name, "md", "csv", "png"))
 
 
+def _in_halves(name: str, arms: Sequence[str], out: str, minutes: Sequence[int]) -> List[Step]:
+    """A study trained in two halves into ``out``: seeds 0 1 (the screen; ``docs/<name>.*``),
+    seeds 2 3 (``<name>_seeds23.*``), and their 4-seed table (``<name>_4seeds.*``)."""
+    halves = [_study(f"{name}{part}", arms, seeds, out, minutes) for part, seeds in SEED_HALVES]
+    return halves + [_pool(f"{name}_4seeds", [f"{name}{part}" for part, _ in SEED_HALVES], arms)]
+
+
 def _run_args(arms: Sequence[str], study: str) -> List[str]:
     """``--run NAME-sSEED=DIR`` for seeds 0 1 of each of ``arms`` trained in ``study``."""
     return [item for arm in arms for seed in (0, 1)
@@ -119,8 +126,8 @@ LARGE_PAIR_ARMS = ["retinanet/fpn", "retinanet/candidate", "retinanet/norm_ln_to
 TOP_C5_STUDY = "output/docs/study_retinanet_top_c5_after"
 TOP_C5_ARMS = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_p5", "retinanet/norm_ln_top_p6p7_c5_after"]
 # The FPN, the shipped recipe, and the recipe with one cell (Faster R-CNN's and semantic FPN's choice)
-RETINANET_CELLS1_ARMS = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_c5_after",
-                         "retinanet/norm_ln_top_p6p7_c5_after_cells1"]
+RETINANET_PAIR = ["retinanet/fpn", "retinanet/norm_ln_top_p6p7_c5_after"]
+RETINANET_CELLS1_ARMS = RETINANET_PAIR + ["retinanet/norm_ln_top_p6p7_c5_after_cells1"]
 # The same three on the Faster R-CNN pair
 FRCNN_LARGE_STUDY = "output/docs/study_frcnn_large"
 FRCNN_LARGE_ARMS = ["faster_rcnn/fpn", "faster_rcnn/candidate", "faster_rcnn/norm_ln_top_p6p7_p5"]
@@ -148,6 +155,7 @@ FRCNN_WARMUP_ARMS = ["faster_rcnn/norm_ln_top_p6p7_p5_cells1_w152", "faster_rcnn
                      "faster_rcnn/recipe_neck_warmup200"]
 # ... and with each node's own-level input edge starting at twice the others' fusion weight
 FRCNN_FUSION_ARMS = FRCNN_WARMUP_ARMS[:1] + ["faster_rcnn/recipe_fusion_input2"]
+FRCNN_FUSION_VS_FPN = ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS
 # Mask R-CNN and semantic FPN: the FPN, the recipe they ship (residual cells, GN, P6 from C5)
 # and the LN recipe of RetinaNet and Faster R-CNN (semantic FPN has no top block: LN alone)
 SEGMENTATION_LN_STUDY = "output/docs/study_ln_segmentation"
@@ -289,21 +297,10 @@ STEPS: List[Step] = [
     _study("neck_study_semantic_w224",
            SEMANTIC_CELLS1_ARMS + ["semantic_fpn/cells1_w192", "semantic_fpn/cells1_w224"],
            ["0", "1", "2", "3"], SEGMENTATION_LN_STUDY, (15, 45)),
-    *[_study(f"neck_study_semantic_neck_warmup{part}", SEMANTIC_WARMUP_ARMS, seeds, SEGMENTATION_LN_STUDY,
-             (15, 45)) for part, seeds in SEED_HALVES],
-    *[_study(f"neck_study_semantic_fusion_input2{part}", SEMANTIC_FUSION_ARMS, seeds, SEGMENTATION_LN_STUDY,
-             (10, 30)) for part, seeds in SEED_HALVES],
-    _pool("neck_study_semantic_fusion_input2_4seeds",
-          ["neck_study_semantic_fusion_input2", "neck_study_semantic_fusion_input2_seeds23"],
-          SEMANTIC_FUSION_ARMS),
-    *[_study(f"neck_study_semantic_warmup200_fusion_input2{part}", SEMANTIC_BOTH_ARMS, seeds,
-             SEGMENTATION_LN_STUDY, (10, 30)) for part, seeds in SEED_HALVES],
-    _pool("neck_study_semantic_warmup200_fusion_input2_4seeds",
-          [f"neck_study_semantic_warmup200_fusion_input2{part}" for part, _ in SEED_HALVES],
-          SEMANTIC_BOTH_ARMS),
-    _pool("neck_study_semantic_neck_warmup_4seeds",
-          ["neck_study_semantic_neck_warmup", "neck_study_semantic_neck_warmup_seeds23"],
-          SEMANTIC_WARMUP_ARMS),
+    *_in_halves("neck_study_semantic_neck_warmup", SEMANTIC_WARMUP_ARMS, SEGMENTATION_LN_STUDY, (15, 45)),
+    *_in_halves("neck_study_semantic_fusion_input2", SEMANTIC_FUSION_ARMS, SEGMENTATION_LN_STUDY, (10, 30)),
+    *_in_halves("neck_study_semantic_warmup200_fusion_input2", SEMANTIC_BOTH_ARMS, SEGMENTATION_LN_STUDY,
+                (10, 30)),
     _study("neck_study_retinanet_cells1", RETINANET_CELLS1_ARMS[-1:], ["0", "1"], TOP_C5_STUDY, (10, 30)),
     # the FPN and the recipe: seeds 0 1 of their table (the same runs)
     _pool("neck_study_retinanet_cells1_seeds01",
@@ -313,7 +310,7 @@ STEPS: List[Step] = [
            (10, 30)),
     _pool("neck_study_retinanet_fusion_input2_seeds01",
           ["neck_study_retinanet_top_c5_after", "neck_study_retinanet_fusion_input2"],
-          RETINANET_CELLS1_ARMS[:2] + ["retinanet/recipe_fusion_input2"]),
+          RETINANET_PAIR + ["retinanet/recipe_fusion_input2"]),
     _false_positives("false_positives_retinanet", LARGE_PAIR_ARMS, LARGE_STUDY),
     _false_positives("false_positives_faster_rcnn", FRCNN_LR_ARMS, FRCNN_LARGE_STUDY),
     Step("fusion_weights",
@@ -347,14 +344,14 @@ STEPS: List[Step] = [
            (10, 30)),
     _pool("neck_study_faster_rcnn_fusion_input2_vs_fpn",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_fusion_input2"],
-          ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS),
+          FRCNN_FUSION_VS_FPN),
     # seeds 2 3 with the FPN's (the runs of the w152_seeds23 step), then all 4 beside the FPN's
     # seeds 0 1 from the residual_scale0.1 table
-    _study("neck_study_faster_rcnn_fusion_input2_seeds23", ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS,
+    _study("neck_study_faster_rcnn_fusion_input2_seeds23", FRCNN_FUSION_VS_FPN,
            ["2", "3"], FRCNN_LARGE_STUDY, (10, 30)),
     _pool("neck_study_faster_rcnn_fusion_input2_4seeds",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_fusion_input2",
-           "neck_study_faster_rcnn_fusion_input2_seeds23"], ["faster_rcnn/fpn"] + FRCNN_FUSION_ARMS),
+           "neck_study_faster_rcnn_fusion_input2_seeds23"], FRCNN_FUSION_VS_FPN),
     # beside the FPN's seeds 0 1 from the residual_scale0.1 table
     _pool("neck_study_faster_rcnn_neck_warmup_vs_fpn",
           ["neck_study_faster_rcnn_residual_scale0.1", "neck_study_faster_rcnn_neck_warmup"],

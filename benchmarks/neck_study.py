@@ -92,8 +92,8 @@ RECIPES_VARIED: Dict[str, Dict[str, str]] = {
 _FUSION_INPUT2 = {"MODEL.BIFPN.FUSION_INPUT_WEIGHT": "2.0"}
 SHIPPED_RECIPES: Dict[str, Dict[str, str]] = {
     **RECIPES_VARIED,
-    "mask_rcnn": {**LN_TOP_P5_RECIPE, **_FUSION_INPUT2},
-    "semantic_fpn": {**BIFPN_AFTER_CELLS1_W192, "MODEL.BIFPN.WARMUP_ITERS": "200", **_FUSION_INPUT2},
+    "mask_rcnn": {**RECIPES_VARIED["mask_rcnn"], **_FUSION_INPUT2},
+    "semantic_fpn": {**RECIPES_VARIED["semantic_fpn"], "MODEL.BIFPN.WARMUP_ITERS": "200", **_FUSION_INPUT2},
 }
 
 
